@@ -1,0 +1,22 @@
+"""pgjobs: transactional background jobs on PostgreSQL.
+
+Enqueue inside your own transaction, work with a fixed pool of ``SKIP LOCKED`` workers,
+fail fast with :class:`QueueFull` when a queue is full, retry with backoff, and keep
+permanent failures in ``dead_letters``.
+"""
+
+from .app import App
+from .errors import ConfigurationError, PermanentError, PgjobsError, QueueFull
+from .task import JobSpec, Task, TaskWithOptions
+
+__all__ = [
+    "App",
+    "ConfigurationError",
+    "JobSpec",
+    "PermanentError",
+    "PgjobsError",
+    "QueueFull",
+    "Task",
+    "TaskWithOptions",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""`python -m pgjobs` is the `pgjobs` command."""
+
+from .cli import main
+
+main()

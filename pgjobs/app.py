@@ -1,0 +1,157 @@
+"""The App: configuration, the task registry and the entry points to enqueue and work."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+import psycopg
+
+from . import config
+from .backpressure import DEFAULT_REFRESH_INTERVAL, DEFAULT_RETRY_AFTER, PendingLimits
+from .enqueue import Enqueuer
+from .errors import ConfigurationError
+from .payload import DEFAULT_MAX_ARGS_BYTES
+from .sql import Statements, statements
+from .task import Backoff, JobSpec, Task, validate_max_attempts, validate_queue
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class App:
+    """A pgjobs application: where the database is, and which tasks exist.
+
+    ``database_url`` defaults to ``PGJOBS_DATABASE_URL``, else ``DATABASE_URL``, else an
+    embedded PostgreSQL under ``./.pgjobs/`` (started on first use). ``schema`` defaults
+    to ``PGJOBS_SCHEMA``, else ``pgjobs``. ``default_queue_limit`` is the pending-count
+    limit of queues that have none set with ``pgjobs queues limit`` (``None``: unlimited).
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        schema: str | None = None,
+        default_queue: str = config.DEFAULT_QUEUE,
+        default_max_attempts: int = config.DEFAULT_MAX_ATTEMPTS,
+        default_queue_limit: int | None = None,
+        limit_refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        retry_after: float = DEFAULT_RETRY_AFTER,
+        max_args_bytes: int = DEFAULT_MAX_ARGS_BYTES,
+    ) -> None:
+        self._database_url = config.normalize_url(database_url) if database_url else None
+        self.schema = config.resolve_schema(schema)
+        self.default_queue = validate_queue(default_queue)
+        self.default_max_attempts = validate_max_attempts(default_max_attempts)
+        if default_queue_limit is not None and default_queue_limit < 0:
+            raise ValueError("default_queue_limit must be >= 0 or None")
+        self.default_queue_limit = default_queue_limit
+        self.max_args_bytes = max_args_bytes
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.sql: Statements = statements(self.schema)
+        self.limits = PendingLimits(
+            self.sql,
+            default_limit=default_queue_limit,
+            refresh_interval=limit_refresh_interval,
+            retry_after=retry_after,
+        )
+        self._enqueuer = Enqueuer(self.sql, self.limits)
+
+    @property
+    def database_url(self) -> str:
+        """The resolved URL (starting the embedded server if that is the default)."""
+        if self._database_url is None:
+            self._database_url = config.resolve_database_url()
+        return self._database_url
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        backoff: Backoff | None = None,
+        priority: int = 0,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        backoff: Backoff | None = None,
+        priority: int = 0,
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a task. Usable bare (``@app.task``) or with options.
+
+        ``name`` defaults to ``<module>.<function>``; ``backoff(attempt)`` returns the
+        seconds to wait after failed attempt ``attempt`` (default: exponential with
+        jitter, see :func:`pgjobs.retry.default_backoff`); ``timeout`` is in seconds.
+        """
+
+        def register(func: Callable[P, R]) -> Task[P, R]:
+            task_name = name or f"{func.__module__}.{func.__qualname__}"
+            if task_name in self.tasks and self.tasks[task_name].fn is not func:
+                raise ConfigurationError(
+                    f"two tasks are named {task_name!r}; give one of them name=..."
+                )
+            task: Task[P, R] = Task(
+                self,
+                func,
+                name=task_name,
+                queue=queue or self.default_queue,
+                max_attempts=max_attempts or self.default_max_attempts,
+                timeout=timeout,
+                backoff=backoff,
+                priority=priority,
+            )
+            self.tasks[task_name] = task
+            return task
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def enqueue_many(self, conn: Any, jobs: Iterable[JobSpec]) -> list[int]:
+        """Enqueue many jobs in ``conn``'s transaction (COPY); returns their ids.
+
+        Backpressure is all or nothing: if the batch would take any queue past its
+        pending limit, :class:`pgjobs.QueueFull` is raised and nothing is written.
+        """
+        return self._enqueuer.enqueue_many(conn, jobs)
+
+    def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
+        """A new psycopg connection to the App's database (the caller closes it)."""
+        return psycopg.connect(self.database_url, **kwargs)
+
+    def set_queue_limit(self, conn: Any, queue: str, limit: int | None) -> None:
+        """Set ``queue``'s pending-count limit (``None``: unlimited), in ``conn``'s transaction."""
+        from .admin import set_queue_limit
+
+        set_queue_limit(conn, self.sql, queue, limit)
+        self.limits.forget(queue)
+
+    def worker(
+        self,
+        *,
+        concurrency: int = 10,
+        queues: Iterable[str] | None = None,
+        **options: Any,
+    ) -> Worker:
+        """A worker runtime serving this App's tasks; ``run()`` blocks until stopped."""
+        from .worker import Worker
+
+        return Worker(self, concurrency=concurrency, queues=queues, **options)

@@ -1,0 +1,104 @@
+"""The per-queue pending-count limit, checked before enqueue writes anything.
+
+Why it is shaped like this (full semantics in docs/backpressure.md):
+
+* The limit lives in ``<schema>.queues`` so every process agrees on it.
+* The check must not serialise application transactions, so there is no counter row
+  updated inside the caller's transaction. It reads committed state only.
+* The check must not cost more as the backlog grows: the pending count is counted no
+  further than the limit (an index-only range scan), and each process re-counts a queue
+  at most once per ``refresh_interval``. Between counts, the process adds the jobs it has
+  enqueued itself to the last count, so within one process the limit is exact.
+* A full queue costs the database nothing more: rejections within the refresh interval
+  are answered from memory.
+
+Overshoot bound: the committed pending count of a queue can exceed its limit by at most
+(a) the jobs other processes enqueued during one refresh interval, plus (b) the jobs in
+transactions that were still uncommitted when the count was taken.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from .errors import QueueFull
+from .sql import Statements
+
+DEFAULT_REFRESH_INTERVAL = 0.1
+DEFAULT_RETRY_AFTER = 1.0
+
+
+@dataclass
+class _Reading:
+    limit: int | None
+    counted: int
+    read_at: float
+    added: int = 0
+
+
+class PendingLimits:
+    """Per-process cache of queue limits and pending counts, shared by all threads."""
+
+    def __init__(
+        self,
+        statements: Statements,
+        *,
+        default_limit: int | None,
+        refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        retry_after: float = DEFAULT_RETRY_AFTER,
+    ) -> None:
+        self._statements = statements
+        self._default_limit = default_limit
+        self._refresh_interval = refresh_interval
+        self._retry_after = retry_after
+        self._readings: dict[str, _Reading] = {}
+        self._lock = threading.Lock()
+
+    def check(self, conn: psycopg.Connection[Any], queue: str, adding: int = 1) -> None:
+        """Raise :class:`QueueFull` if ``adding`` more jobs would pass ``queue``'s limit."""
+        reading = self._fresh_reading(conn, queue)
+        if reading.limit is None:
+            return
+        with self._lock:
+            seen = reading.counted + reading.added
+        if seen + adding > reading.limit:
+            raise QueueFull(
+                queue, pending=seen, limit=reading.limit,
+                retry_after=self._retry_after, requested=adding,
+            )
+
+    def record(self, queue: str, added: int) -> None:
+        """Count jobs this process just enqueued until the next re-count sees them."""
+        with self._lock:
+            reading = self._readings.get(queue)
+            if reading is not None:
+                reading.added += added
+
+    def forget(self, queue: str | None = None) -> None:
+        """Drop cached readings (e.g. after changing a limit from this process)."""
+        with self._lock:
+            if queue is None:
+                self._readings.clear()
+            else:
+                self._readings.pop(queue, None)
+
+    def _fresh_reading(self, conn: psycopg.Connection[Any], queue: str) -> _Reading:
+        now = time.monotonic()
+        with self._lock:
+            reading = self._readings.get(queue)
+        if reading is not None and now - reading.read_at < self._refresh_interval:
+            return reading
+        row = conn.execute(
+            self._statements.PENDING_LIMIT_AND_COUNT,
+            {"queue": queue, "default_limit": self._default_limit},
+        ).fetchone()
+        assert row is not None
+        reading = _Reading(limit=row[0], counted=row[1] or 0, read_at=now)
+        with self._lock:
+            self._readings[queue] = reading
+        return reading

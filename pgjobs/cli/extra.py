@@ -1,0 +1,1 @@
+"""Commands defined outside main.py register themselves by being imported here."""

@@ -1,0 +1,96 @@
+"""Where the database is and which schema pgjobs owns: environment, defaults, redaction."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from .errors import ConfigurationError
+
+DEFAULT_SCHEMA = "pgjobs"
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 5
+#: Where the embedded server keeps its data, relative to the current directory.
+EMBEDDED_DIR_NAME = ".pgjobs"
+
+_URL_ENV_VARS = ("PGJOBS_DATABASE_URL", "DATABASE_URL")
+# SQLAlchemy-style URLs name a driver (postgresql+psycopg://); libpq does not accept that.
+_DRIVER_SUFFIX = re.compile(r"^(postgres(?:ql)?)\+[a-z0-9_]+://", re.IGNORECASE)
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
+_PASSWORD_PARAM = re.compile(r"(password=)([^&\s]*)", re.IGNORECASE)
+
+
+def normalize_url(url: str) -> str:
+    """Turn a SQLAlchemy URL (``postgresql+psycopg://``) into a libpq one."""
+    return _DRIVER_SUFFIX.sub(r"\1://", url.strip())
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of a URL so it can be logged or shown in an error."""
+    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***\3", url))
+
+
+def redact_text(text: str, url: str | None) -> str:
+    """Remove ``url``'s password from free text (e.g. a driver's error message)."""
+    text = _PASSWORD_PARAM.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***\3", text))
+    if url:
+        match = _PASSWORD_IN_URL.search(url)
+        if match and match.group(2):
+            text = text.replace(match.group(2), "***")
+    return text
+
+
+def url_from_environment() -> str | None:
+    """The URL in ``PGJOBS_DATABASE_URL``, else ``DATABASE_URL``, else ``None``."""
+    for name in _URL_ENV_VARS:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return normalize_url(value)
+    return None
+
+
+def resolve_database_url(explicit: str | None = None, *, announce: bool = True) -> str:
+    """The URL to use: ``explicit``, the environment, or the embedded server.
+
+    The embedded server (data in ``./.pgjobs/``) is started on first use and reused by
+    later processes; starting it is announced on stderr.
+    """
+    if explicit:
+        return normalize_url(explicit)
+    from_env = url_from_environment()
+    if from_env:
+        return from_env
+    from .embedded import EmbeddedServerError, embedded_database_url
+
+    data_dir = Path.cwd() / EMBEDDED_DIR_NAME
+    try:
+        url = embedded_database_url(data_dir)
+    except EmbeddedServerError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    if announce:
+        print(
+            f"pgjobs: no PGJOBS_DATABASE_URL or DATABASE_URL set; using the embedded "
+            f"PostgreSQL in {data_dir}",
+            file=sys.stderr,
+        )
+    return url
+
+
+def resolve_schema(explicit: str | None = None) -> str:
+    """The schema pgjobs lives in: ``explicit``, ``PGJOBS_SCHEMA``, else ``pgjobs``."""
+    schema = explicit if explicit is not None else os.environ.get("PGJOBS_SCHEMA", DEFAULT_SCHEMA)
+    validate_schema(schema)
+    return schema
+
+
+def validate_schema(schema: str) -> None:
+    """Reject schema names PostgreSQL would silently truncate or refuse."""
+    if not schema or "\x00" in schema:
+        raise ConfigurationError("schema name must be a non-empty string without NUL bytes")
+    if len(schema.encode()) > 50:
+        # 63 bytes is PostgreSQL's identifier limit; keep room for derived names.
+        raise ConfigurationError(
+            f"schema name {schema!r} is too long: use at most 50 bytes (PGJOBS_SCHEMA)"
+        )

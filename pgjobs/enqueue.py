@@ -1,0 +1,191 @@
+"""Transactional enqueue: single jobs, bulk COPY, unique keys, backpressure, NOTIFY."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.types.json import Jsonb
+
+from .backpressure import PendingLimits
+from .connection import raw_connection
+from .errors import SchemaMissingError
+from .sql import Statements
+from .task import JobSpec
+
+_COPY_TYPES = ["int8", "text", "text", "jsonb", "int2", "int4", "timestamptz", "jsonb"]
+
+
+def _identity(text: str) -> str:
+    # args are serialised (and validated) once, by Task.job(); COPY must not redo it.
+    return text
+
+
+class Enqueuer:
+    """Writes jobs on the caller's connection; never commits, never opens a connection."""
+
+    def __init__(self, statements: Statements, limits: PendingLimits) -> None:
+        self._sql = statements
+        self._limits = limits
+
+    def enqueue_one(self, conn: Any, spec: JobSpec) -> int:
+        """Insert one job (see ``Task.enqueue``)."""
+        pgconn = raw_connection(conn)
+        with _schema_errors(self._sql.schema):
+            self._limits.check(pgconn, spec.queue)
+            params = {
+                "queue": spec.queue, "task": spec.task, "args": spec.args_json,
+                "priority": spec.priority, "max_attempts": spec.max_attempts,
+                "unique_key": spec.unique_key, "trace": None,
+            }
+            if spec.delay > 0:
+                params["delay"] = spec.delay
+                row = pgconn.execute(self._sql.ENQUEUE_DELAYED, params).fetchone()
+            else:
+                params["channel"] = self._sql.channel
+                row = pgconn.execute(self._sql.ENQUEUE_NOTIFY, params).fetchone()
+            if row is not None:
+                self._limits.record(spec.queue, 1)
+                return int(row[0])
+            return self._existing_unique(pgconn, spec)
+
+    def _existing_unique(self, pgconn: psycopg.Connection[Any], spec: JobSpec) -> int:
+        # ON CONFLICT DO NOTHING: a live job holds the key. It may finish between the two
+        # statements, in which case inserting again is right.
+        for _ in range(3):
+            row = pgconn.execute(
+                self._sql.JOB_ID_BY_UNIQUE_KEY, {"unique_key": spec.unique_key}
+            ).fetchone()
+            if row is not None:
+                return int(row[0])
+            ids = self._insert_unique(pgconn, [spec])
+            if ids[0] is not None:
+                self._limits.record(spec.queue, 1)
+                return ids[0]
+        raise RuntimeError(f"unique_key {spec.unique_key!r} kept changing hands; retry")
+
+    def enqueue_many(self, conn: Any, specs: Iterable[JobSpec]) -> list[int]:
+        """Insert many jobs in the caller's transaction; returns their ids in order.
+
+        All or nothing for backpressure: if any queue would pass its limit, QueueFull is
+        raised before anything is written. Jobs without a unique key go through COPY.
+        """
+        jobs = list(specs)
+        for job in jobs:
+            if not isinstance(job, JobSpec):
+                raise TypeError(
+                    f"enqueue_many takes jobs built with task.job(...), got {type(job).__name__}"
+                )
+        if not jobs:
+            return []
+        pgconn = raw_connection(conn)
+        per_queue = Counter(job.queue for job in jobs)
+        with _schema_errors(self._sql.schema):
+            for queue, count in per_queue.items():
+                self._limits.check(pgconn, queue, adding=count)
+            row = pgconn.execute(
+                self._sql.RESERVE_JOB_IDS,
+                {"jobs_table": self._sql.jobs_table, "count": len(jobs)},
+            ).fetchone()
+            assert row is not None
+            server_now: dt.datetime = row[0]
+            ids: list[int] = row[1]
+            if any(job.unique_key is not None for job in jobs):
+                result = self._insert_unique(pgconn, jobs, ids, server_now)
+            else:
+                self._copy(pgconn, jobs, ids, server_now)
+                result = list(ids)
+            due = sorted({job.queue for job in jobs if job.delay <= 0})
+            if due:
+                pgconn.execute(
+                    self._sql.NOTIFY_QUEUES, {"channel": self._sql.channel, "queues": due}
+                )
+        for queue, count in per_queue.items():
+            self._limits.record(queue, count)
+        return [int(i) for i in result if i is not None]
+
+    def _copy(
+        self,
+        pgconn: psycopg.Connection[Any],
+        jobs: list[JobSpec],
+        ids: list[int],
+        server_now: dt.datetime,
+    ) -> None:
+        second = dt.timedelta(seconds=1)
+        with pgconn.cursor() as cur, cur.copy(self._sql.COPY_JOBS) as copy:
+            copy.set_types(_COPY_TYPES)
+            write = copy.write_row
+            for job_id, job in zip(ids, jobs, strict=True):
+                write((
+                    job_id, job.queue, job.task, Jsonb(job.args_json, dumps=_identity),
+                    job.priority, job.max_attempts,
+                    server_now + job.delay * second if job.delay else server_now,
+                    None,
+                ))
+
+    def _insert_unique(
+        self,
+        pgconn: psycopg.Connection[Any],
+        jobs: list[JobSpec],
+        ids: list[int] | None = None,
+        server_now: dt.datetime | None = None,
+    ) -> list[int | None]:
+        """INSERT … ON CONFLICT DO NOTHING; a conflicting job yields the live job's id."""
+        if ids is None or server_now is None:
+            row = pgconn.execute(
+                self._sql.RESERVE_JOB_IDS,
+                {"jobs_table": self._sql.jobs_table, "count": len(jobs)},
+            ).fetchone()
+            assert row is not None
+            server_now, ids = row[0], row[1]
+        second = dt.timedelta(seconds=1)
+        inserted = {
+            r[0]
+            for r in pgconn.execute(
+                self._sql.ENQUEUE_MANY_UNIQUE,
+                {
+                    "ids": ids,
+                    "queues": [j.queue for j in jobs],
+                    "tasks": [j.task for j in jobs],
+                    "args": [j.args_json for j in jobs],
+                    "priorities": [j.priority for j in jobs],
+                    "max_attempts": [j.max_attempts for j in jobs],
+                    "next_run_ats": [server_now + j.delay * second for j in jobs],
+                    "unique_keys": [j.unique_key for j in jobs],
+                    "traces": [None] * len(jobs),
+                },
+            ).fetchall()
+        }
+        missing = [j.unique_key for i, j in zip(ids, jobs, strict=True) if i not in inserted]
+        holders: dict[str, int] = {}
+        if missing:
+            holders = dict(
+                pgconn.execute(
+                    self._sql.JOB_IDS_BY_UNIQUE_KEYS, {"unique_keys": missing}
+                ).fetchall()
+            )
+        result: list[int | None] = []
+        for job_id, job in zip(ids, jobs, strict=True):
+            if job_id in inserted:
+                result.append(job_id)
+            else:
+                result.append(holders.get(job.unique_key) if job.unique_key else None)
+        return result
+
+
+class _schema_errors:
+    """Turn "relation does not exist" into an error that says to run `pgjobs migrate`."""
+
+    def __init__(self, schema: str) -> None:
+        self._schema = schema
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, pg_errors.UndefinedTable | pg_errors.InvalidSchemaName):
+            raise SchemaMissingError(self._schema) from exc

@@ -1,0 +1,395 @@
+"""Every SQL statement pgjobs runs at runtime, in one place.
+
+Statements are templates over the schema name, which is always quoted with
+``psycopg.sql.Identifier``; values are always bound parameters (``%(name)s``), never
+formatted into the text. Time-dependent statements take a ``now`` parameter
+(``COALESCE(%(now)s, now())``): ``None`` means the server's clock, a timestamp lets tests
+move the clock without sleeping.
+
+Migrations (the DDL) live in ``alembic/versions``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+from psycopg import sql
+
+# --- enqueue ------------------------------------------------------------------------------
+
+# One round trip: insert, and wake listeners of the queue. NOTIFY is folded by
+# PostgreSQL when the same (channel, payload) repeats inside a transaction, so a burst
+# of enqueues in one transaction sends one notification per queue.
+ENQUEUE_NOTIFY = """
+WITH inserted AS (
+    INSERT INTO {schema}.jobs
+        (queue, task, args, priority, max_attempts, next_run_at, unique_key, trace_context)
+    VALUES (%(queue)s, %(task)s, %(args)s::jsonb, %(priority)s, %(max_attempts)s,
+            now(), %(unique_key)s, %(trace)s::jsonb)
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+    RETURNING id
+)
+SELECT id, pg_notify(%(channel)s, %(queue)s) FROM inserted
+"""
+
+# A delayed job is not claimable yet: waking workers now would be wasted work.
+ENQUEUE_DELAYED = """
+INSERT INTO {schema}.jobs
+    (queue, task, args, priority, max_attempts, next_run_at, unique_key, trace_context)
+VALUES (%(queue)s, %(task)s, %(args)s::jsonb, %(priority)s, %(max_attempts)s,
+        now() + %(delay)s * interval '1 second', %(unique_key)s, %(trace)s::jsonb)
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+RETURNING id
+"""
+
+# The live job holding a unique key (after ON CONFLICT DO NOTHING inserted nothing).
+JOB_ID_BY_UNIQUE_KEY = """
+SELECT id FROM {schema}.jobs WHERE unique_key = %(unique_key)s
+"""
+
+# Bulk enqueue, step 1: the server's clock and a block of ids, so COPY can write
+# explicit ids and next_run_at and enqueue_many can still return the ids.
+RESERVE_JOB_IDS = """
+SELECT now(), array(
+    SELECT nextval(pg_get_serial_sequence(%(jobs_table)s, 'id'))
+    FROM generate_series(1, %(count)s)
+)
+"""
+
+COPY_JOBS = """
+COPY {schema}.jobs (id, queue, task, args, priority, max_attempts, next_run_at, trace_context)
+FROM STDIN
+"""
+
+# Bulk enqueue with unique keys: COPY cannot skip conflicts, an INSERT can.
+ENQUEUE_MANY_UNIQUE = """
+INSERT INTO {schema}.jobs
+    (id, queue, task, args, priority, max_attempts, next_run_at, unique_key, trace_context)
+SELECT * FROM unnest(
+    %(ids)s::bigint[], %(queues)s::text[], %(tasks)s::text[], %(args)s::jsonb[],
+    %(priorities)s::smallint[], %(max_attempts)s::int[], %(next_run_ats)s::timestamptz[],
+    %(unique_keys)s::text[], %(traces)s::jsonb[]
+)
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+RETURNING id
+"""
+
+JOB_IDS_BY_UNIQUE_KEYS = """
+SELECT unique_key, id FROM {schema}.jobs WHERE unique_key = ANY(%(unique_keys)s::text[])
+"""
+
+NOTIFY_QUEUES = """
+SELECT pg_notify(%(channel)s, q) FROM unnest(%(queues)s::text[]) AS q
+"""
+
+# --- backpressure -------------------------------------------------------------------------
+
+# The queue's limit and its pending count, counted no further than the limit: the cost
+# is bounded by the limit, never by the backlog. A queue without a row in `queues`
+# takes the App's default limit; a row with a NULL limit means "unlimited".
+PENDING_LIMIT_AND_COUNT = """
+WITH lim AS (
+    SELECT CASE WHEN q.name IS NULL THEN %(default_limit)s::int ELSE q.pending_limit END AS value
+    FROM (SELECT 1) AS one
+    LEFT JOIN {schema}.queues AS q ON q.name = %(queue)s
+)
+SELECT lim.value,
+       CASE WHEN lim.value IS NULL THEN NULL ELSE (
+           SELECT count(*) FROM (
+               SELECT 1 FROM {schema}.jobs
+               WHERE queue = %(queue)s AND state = 'pending'
+               LIMIT lim.value
+           ) AS bounded
+       ) END
+FROM lim
+"""
+
+SET_QUEUE_LIMIT = """
+INSERT INTO {schema}.queues (name, pending_limit, updated_at)
+VALUES (%(queue)s, %(limit)s, now())
+ON CONFLICT (name) DO UPDATE SET pending_limit = EXCLUDED.pending_limit, updated_at = now()
+"""
+
+# --- inspection ---------------------------------------------------------------------------
+
+QUEUE_STATS = """
+SELECT queue, pending, scheduled, running, dead,
+       extract(epoch FROM oldest_pending_age)::float8 AS oldest_pending_age_seconds,
+       pending_limit
+FROM {schema}.queue_stats
+ORDER BY queue
+"""
+
+SCHEMA_EXISTS = """
+SELECT to_regclass(%(jobs_table)s) IS NOT NULL
+"""
+
+# --- worker: claim ------------------------------------------------------------------------
+
+# Claim a batch of due jobs from every queue. The ORDER BY matches the partial index
+# jobs_claim_idx exactly, so the cost does not grow with the backlog.
+CLAIM_ANY_QUEUE = """
+WITH picked AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state = 'pending' AND next_run_at <= COALESCE(%(now)s::timestamptz, now())
+    ORDER BY priority DESC, next_run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs AS j
+SET state = 'running',
+    attempts = j.attempts + 1,
+    lease_token = gen_random_uuid(),
+    lease_expires_at = COALESCE(%(now)s::timestamptz, now()) + %(lease_seconds)s * interval '1 second',
+    worker_id = %(worker_id)s,
+    started_at = COALESCE(%(now)s::timestamptz, now())
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.id, j.queue, j.task, j.args, j.priority, j.attempts, j.max_attempts,
+          j.next_run_at, j.created_at, j.lease_token, j.trace_context
+"""
+
+# Claim from named queues: one ordered index range per queue (jobs_queue_claim_idx),
+# merged, so each queue's scan stops after `limit` rows whatever its backlog.
+CLAIM_QUEUES = """
+WITH candidates AS (
+    SELECT c.id, c.priority, c.next_run_at
+    FROM unnest(%(queues)s::text[]) AS wanted(queue)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, next_run_at FROM {schema}.jobs
+        WHERE queue = wanted.queue AND state = 'pending'
+          AND next_run_at <= COALESCE(%(now)s::timestamptz, now())
+        ORDER BY priority DESC, next_run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    ORDER BY c.priority DESC, c.next_run_at, c.id
+    LIMIT %(limit)s
+)
+UPDATE {schema}.jobs AS j
+SET state = 'running',
+    attempts = j.attempts + 1,
+    lease_token = gen_random_uuid(),
+    lease_expires_at = COALESCE(%(now)s::timestamptz, now()) + %(lease_seconds)s * interval '1 second',
+    worker_id = %(worker_id)s,
+    started_at = COALESCE(%(now)s::timestamptz, now())
+FROM candidates
+WHERE j.id = candidates.id
+RETURNING j.id, j.queue, j.task, j.args, j.priority, j.attempts, j.max_attempts,
+          j.next_run_at, j.created_at, j.lease_token, j.trace_context
+"""
+
+# When the next scheduled job becomes due, so an idle fetcher sleeps exactly that long.
+NEXT_DUE_ANY_QUEUE = """
+SELECT min(next_run_at) - COALESCE(%(now)s::timestamptz, now()) FROM {schema}.jobs WHERE state = 'pending'
+"""
+
+NEXT_DUE_QUEUES = """
+SELECT min(next_run_at) - COALESCE(%(now)s::timestamptz, now()) FROM {schema}.jobs
+WHERE state = 'pending' AND queue = ANY(%(queues)s::text[])
+"""
+
+# --- worker: complete ---------------------------------------------------------------------
+
+# One statement per flush. Every write is guarded by state = 'running' and the claim's
+# lease token: a worker that lost its lease (and whose job was re-claimed) changes
+# nothing. Successes leave the table; failures are rescheduled; permanent failures move
+# to dead_letters in the same statement, hence the same transaction.
+COMPLETE_BATCH = """
+WITH succeeded AS (
+    DELETE FROM {schema}.jobs AS j
+    USING unnest(%(ok_ids)s::bigint[], %(ok_tokens)s::uuid[]) AS d(id, token)
+    WHERE j.id = d.id AND j.state = 'running' AND j.lease_token = d.token
+    RETURNING j.id
+), retried AS (
+    UPDATE {schema}.jobs AS j
+    SET state = 'pending',
+        next_run_at = COALESCE(%(now)s::timestamptz, now()) + r.delay * interval '1 second',
+        last_error = r.error,
+        lease_token = NULL, lease_expires_at = NULL, worker_id = NULL
+    FROM unnest(%(retry_ids)s::bigint[], %(retry_tokens)s::uuid[],
+                %(retry_delays)s::float8[], %(retry_errors)s::text[]) AS r(id, token, delay, error)
+    WHERE j.id = r.id AND j.state = 'running' AND j.lease_token = r.token
+    RETURNING j.id
+), dead AS (
+    DELETE FROM {schema}.jobs AS j
+    USING unnest(%(dead_ids)s::bigint[], %(dead_tokens)s::uuid[], %(dead_errors)s::text[])
+          AS x(id, token, error)
+    WHERE j.id = x.id AND j.state = 'running' AND j.lease_token = x.token
+    RETURNING j.id, j.queue, j.task, j.args, j.priority, j.attempts, j.max_attempts,
+              j.created_at, j.trace_context, x.error
+), buried AS (
+    INSERT INTO {schema}.dead_letters
+        (job_id, queue, task, args, priority, attempts, max_attempts, error,
+         created_at, failed_at, trace_context)
+    SELECT id, queue, task, args, priority, attempts, max_attempts, error,
+           created_at, COALESCE(%(now)s::timestamptz, now()), trace_context
+    FROM dead
+    RETURNING job_id
+)
+SELECT (SELECT count(*) FROM succeeded),
+       (SELECT count(*) FROM retried),
+       (SELECT count(*) FROM buried)
+"""
+
+# Shutdown: hand unfinished jobs back without charging the attempt they were on.
+RELEASE_JOBS = """
+UPDATE {schema}.jobs AS j
+SET state = 'pending',
+    attempts = greatest(j.attempts - 1, 0),
+    lease_token = NULL, lease_expires_at = NULL, worker_id = NULL
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS r(id, token)
+WHERE j.id = r.id AND j.state = 'running' AND j.lease_token = r.token
+RETURNING j.id
+"""
+
+# --- worker: leases -----------------------------------------------------------------------
+
+# Renew the leases of every job in hand; returns the ids still ours.
+HEARTBEAT = """
+UPDATE {schema}.jobs AS j
+SET lease_expires_at = COALESCE(%(now)s::timestamptz, now()) + %(lease_seconds)s * interval '1 second'
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS h(id, token)
+WHERE j.id = h.id AND j.state = 'running' AND j.lease_token = h.token
+RETURNING j.id
+"""
+
+# Rescue jobs whose worker stopped renewing its lease (killed, partitioned, hung).
+# The attempt was charged at claim; a job out of attempts goes to dead_letters. Any
+# worker may run this: SKIP LOCKED keeps two rescuers from touching the same row.
+RESCUE_EXPIRED = """
+WITH expired AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state = 'running' AND lease_expires_at < COALESCE(%(now)s::timestamptz, now())
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), dead AS (
+    DELETE FROM {schema}.jobs AS j
+    USING expired
+    WHERE j.id = expired.id AND j.attempts >= j.max_attempts
+    RETURNING j.id, j.queue, j.task, j.args, j.priority, j.attempts, j.max_attempts,
+              j.created_at, j.trace_context, j.worker_id
+), buried AS (
+    INSERT INTO {schema}.dead_letters
+        (job_id, queue, task, args, priority, attempts, max_attempts, error,
+         created_at, failed_at, trace_context)
+    SELECT id, queue, task, args, priority, attempts, max_attempts,
+           'lease expired: worker ' || coalesce(worker_id, '?')
+             || ' stopped renewing it (killed or hung) on attempt '
+             || attempts || ' of ' || max_attempts,
+           created_at, COALESCE(%(now)s::timestamptz, now()), trace_context
+    FROM dead
+    RETURNING job_id, queue, task
+), revived AS (
+    UPDATE {schema}.jobs AS j
+    SET state = 'pending',
+        next_run_at = COALESCE(%(now)s::timestamptz, now()),
+        last_error = 'lease expired: worker ' || coalesce(j.worker_id, '?')
+             || ' stopped renewing it (killed or hung) on attempt ' || j.attempts,
+        lease_token = NULL, lease_expires_at = NULL, worker_id = NULL
+    FROM expired
+    WHERE j.id = expired.id AND j.attempts < j.max_attempts
+    RETURNING j.id, j.queue, j.task
+)
+SELECT 'rescued' AS outcome, id, queue, task FROM revived
+UNION ALL
+SELECT 'dead', job_id, queue, task FROM buried
+"""
+
+# --- dead letters -------------------------------------------------------------------------
+
+LIST_DEAD_LETTERS = """
+SELECT id, job_id, queue, task, args, priority, attempts, max_attempts, error,
+       created_at, failed_at
+FROM {schema}.dead_letters
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+ORDER BY id
+LIMIT %(limit)s
+"""
+
+SHOW_DEAD_LETTER = """
+SELECT id, job_id, queue, task, args, priority, attempts, max_attempts, error,
+       created_at, failed_at
+FROM {schema}.dead_letters WHERE id = %(id)s
+"""
+
+# Requeue: a fresh pending job (attempts 0) and the dead letter gone, in one statement.
+REQUEUE_DEAD_LETTERS = """
+WITH taken AS (
+    DELETE FROM {schema}.dead_letters
+    WHERE (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+      AND (%(task)s::text IS NULL OR task = %(task)s)
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+    RETURNING id, queue, task, args, priority, max_attempts, trace_context
+), requeued AS (
+    INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, trace_context)
+    SELECT queue, task, args, priority, max_attempts, trace_context FROM taken ORDER BY id
+    RETURNING id, queue
+)
+SELECT t.id AS dead_letter_id, r.id AS job_id
+FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM taken) AS t
+JOIN (SELECT id, row_number() OVER (ORDER BY id) AS n FROM requeued) AS r USING (n)
+ORDER BY t.id
+"""
+
+PURGE_DEAD_LETTERS = """
+DELETE FROM {schema}.dead_letters
+WHERE (%(older_than)s::float8 IS NULL
+       OR failed_at < now() - %(older_than)s::float8 * interval '1 second')
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+"""
+
+
+def channel_for(schema: str) -> str:
+    """The LISTEN/NOTIFY channel of a schema (payload: the queue name).
+
+    Channel names are identifiers (at most 63 bytes), so long schema names are hashed.
+    """
+    name = f"{schema}_jobs"
+    if len(name.encode()) <= 63:
+        return name
+    return "pgjobs_" + hashlib.sha256(schema.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Statements:
+    """The statements above, composed for one schema."""
+
+    schema: str
+
+    def __getattr__(self, name: str) -> sql.Composed:
+        template = globals().get(name)
+        if not isinstance(template, str) or not name.isupper():
+            raise AttributeError(name)
+        return _compose(self.schema, template)
+
+    @property
+    def channel(self) -> str:
+        """The NOTIFY channel workers of this schema listen on."""
+        return channel_for(self.schema)
+
+    @property
+    def listen(self) -> sql.Composed:
+        """``LISTEN <channel>``, the channel quoted as an identifier."""
+        return sql.SQL("LISTEN {}").format(sql.Identifier(self.channel))
+
+    @property
+    def jobs_table(self) -> str:
+        """``schema.jobs`` as a quoted, qualified name (for regclass parameters)."""
+        return sql.Identifier(self.schema, "jobs").as_string(None)
+
+
+@lru_cache(maxsize=256)
+def _compose(schema: str, template: str) -> sql.Composed:
+    return sql.SQL(template).format(schema=sql.Identifier(schema))  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=64)
+def statements(schema: str) -> Statements:
+    """The statements for ``schema`` (cached)."""
+    return Statements(schema)
