@@ -6,17 +6,20 @@ permanent failures in ``dead_letters``.
 """
 
 from .app import App
+from .context import JobContext, current_job
 from .errors import ConfigurationError, PermanentError, PgjobsError, QueueFull
 from .task import JobSpec, Task, TaskWithOptions
 
 __all__ = [
     "App",
     "ConfigurationError",
+    "JobContext",
     "JobSpec",
     "PermanentError",
     "PgjobsError",
     "QueueFull",
     "Task",
     "TaskWithOptions",
+    "current_job",
 ]
 __version__ = "0.1.0"

@@ -37,3 +37,70 @@ def queue_stats(conn: Any, sql: Statements) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+DEAD_LETTER_FIELDS = (
+    "id", "job_id", "queue", "task", "args", "priority", "attempts", "max_attempts", "error",
+    "created_at", "failed_at",
+)
+
+
+def list_dead_letters(
+    conn: Any, sql: Statements, *, queue: str | None = None, task: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Dead letters, oldest first, optionally filtered by queue and task."""
+    rows = raw_connection(conn).execute(
+        sql.LIST_DEAD_LETTERS, {"queue": queue, "task": task, "limit": limit}
+    ).fetchall()
+    return [dict(zip(DEAD_LETTER_FIELDS, row, strict=True)) for row in rows]
+
+
+def get_dead_letter(conn: Any, sql: Statements, dead_letter_id: int) -> dict[str, Any] | None:
+    """One dead letter by ``dead_letters.id``."""
+    row = raw_connection(conn).execute(sql.SHOW_DEAD_LETTER, {"id": dead_letter_id}).fetchone()
+    return dict(zip(DEAD_LETTER_FIELDS, row, strict=True)) if row else None
+
+
+def requeue_dead_letters(
+    conn: Any, sql: Statements, *, ids: list[int] | None = None, task: str | None = None,
+    queue: str | None = None,
+) -> list[tuple[int, int]]:
+    """Move dead letters back to ``jobs`` as fresh pending jobs (attempts 0).
+
+    ``ids=None`` means every dead letter matching ``task``/``queue``. Returns
+    ``(dead_letter_id, new_job_id)`` pairs. Runs in ``conn``'s transaction; queue limits
+    do not apply (an operator's decision). Listeners are woken at commit.
+    """
+    pgconn = raw_connection(conn)
+    rows = pgconn.execute(
+        sql.REQUEUE_DEAD_LETTERS, {"ids": ids, "task": task, "queue": queue}
+    ).fetchall()
+    pairs = [(int(r[0]), int(r[1])) for r in rows]
+    if pairs:
+        pgconn.execute(
+            sql.NOTIFY_JOB_QUEUES, {"channel": sql.channel, "ids": [p[1] for p in pairs]}
+        )
+    return pairs
+
+
+def purge_dead_letters(
+    conn: Any, sql: Statements, *, older_than: float | None = None, queue: str | None = None,
+    task: str | None = None,
+) -> int:
+    """Delete dead letters (older than ``older_than`` seconds, if given); returns the count."""
+    cur = raw_connection(conn).execute(
+        sql.PURGE_DEAD_LETTERS, {"older_than": older_than, "queue": queue, "task": task}
+    )
+    return cur.rowcount
+
+
+def count_dead_letters(
+    conn: Any, sql: Statements, *, older_than: float | None = None, queue: str | None = None,
+    task: str | None = None,
+) -> int:
+    """How many dead letters :func:`purge_dead_letters` would delete."""
+    row = raw_connection(conn).execute(
+        sql.COUNT_DEAD_LETTERS, {"older_than": older_than, "queue": queue, "task": task}
+    ).fetchone()
+    return int(row[0]) if row else 0

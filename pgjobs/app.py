@@ -52,11 +52,18 @@ class App:
         self.default_queue_limit = default_queue_limit
         self.max_args_bytes = max_args_bytes
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self._limit_settings = (limit_refresh_interval, retry_after)
+        self._use_schema(self.schema)
+
+    def _use_schema(self, schema: str) -> None:
+        """Point the App at ``schema`` (the CLI's ``--schema`` overrides the App's)."""
+        self.schema = config.resolve_schema(schema)
         self.sql: Statements = statements(self.schema)
+        refresh_interval, retry_after = self._limit_settings
         self.limits = PendingLimits(
             self.sql,
-            default_limit=default_queue_limit,
-            refresh_interval=limit_refresh_interval,
+            default_limit=self.default_queue_limit,
+            refresh_interval=refresh_interval,
             retry_after=retry_after,
         )
         self._enqueuer = Enqueuer(self.sql, self.limits)

@@ -336,6 +336,19 @@ JOIN (SELECT id, row_number() OVER (ORDER BY id) AS n FROM requeued) AS r USING 
 ORDER BY t.id
 """
 
+NOTIFY_JOB_QUEUES = """
+SELECT pg_notify(%(channel)s, queue)
+FROM (SELECT DISTINCT queue FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[])) AS q
+"""
+
+COUNT_DEAD_LETTERS = """
+SELECT count(*) FROM {schema}.dead_letters
+WHERE (%(older_than)s::float8 IS NULL
+       OR failed_at < now() - %(older_than)s::float8 * interval '1 second')
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+"""
+
 PURGE_DEAD_LETTERS = """
 DELETE FROM {schema}.dead_letters
 WHERE (%(older_than)s::float8 IS NULL

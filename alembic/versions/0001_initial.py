@@ -61,6 +61,11 @@ UPGRADE = [
     CREATE INDEX jobs_queue_claim_idx ON {schema}.jobs (queue, priority DESC, next_run_at, id)
     WHERE state = 'pending'
     """,
+    # When the next scheduled or retrying job becomes due, so idle workers sleep just
+    # that long instead of polling.
+    """
+    CREATE INDEX jobs_scheduled_idx ON {schema}.jobs (next_run_at) WHERE state = 'pending'
+    """,
     # Lease rescue scans only running jobs, oldest lease first.
     """
     CREATE INDEX jobs_lease_idx ON {schema}.jobs (lease_expires_at) WHERE state = 'running'

@@ -1,0 +1,115 @@
+"""`pgjobs work APP`: run the worker runtime for an App found by import path."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from ..app import App
+from ..worker.runtime import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_LEASE_TIMEOUT,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    INTERNAL_CONNECTIONS,
+    POOL_HEADROOM,
+)
+from .common import SETTINGS, fail
+from .main import cli
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:attribute`` (current directory first on sys.path) as an App."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        fail(f"APP must be 'module:attribute' (e.g. 'myproject.jobs:app'), got {spec!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            fail(f"cannot import {module_name!r}: no such module in {cwd} or on the Python "
+                 "path (run from your project's directory or set PYTHONPATH)")
+        fail(f"importing {module_name!r} failed: {exc}")
+    except Exception as exc:
+        fail(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}")
+    obj: object = module
+    for part in attribute.split("."):
+        if not hasattr(obj, part):
+            fail(f"module {module_name!r} has no attribute {attribute!r}")
+        obj = getattr(obj, part)
+    if not isinstance(obj, App):
+        fail(f"{spec!r} is a {type(obj).__name__}, not a pgjobs.App")
+    if SETTINGS.database_url:
+        obj._database_url = SETTINGS.url()
+    if SETTINGS.schema and SETTINGS.schema != obj.schema:
+        obj._use_schema(SETTINGS.schema)
+    return obj
+
+
+def configure_logging(level: str) -> None:
+    """Log lines to stderr; Alembic and the pool only when something is wrong."""
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        fail(f"--log-level must be one of debug, info, warning, error; got {level!r}")
+    logging.basicConfig(
+        level=numeric, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("alembic", "psycopg.pool"):
+        logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+
+
+def parse_queues(queues: str | None) -> list[str] | None:
+    """``a,b`` → ``["a", "b"]``; nothing → every queue."""
+    if queues is None:
+        return None
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    if not names:
+        fail("--queues needs at least one queue name (omit it to serve every queue)")
+    return names
+
+
+@cli.command()
+def work(
+    app: Annotated[str, typer.Argument(help="The App to serve, as module:attribute.")],
+    concurrency: Annotated[int, typer.Option(
+        help="Executor threads: jobs run at once, never more.")] = DEFAULT_CONCURRENCY,
+    queues: Annotated[str | None, typer.Option(
+        help="Comma-separated queues to serve (default: every queue).",
+        show_default=False)] = None,
+    pool_size: Annotated[int | None, typer.Option(
+        help=f"Connections this worker may open in all. Default: concurrency + "
+             f"{INTERNAL_CONNECTIONS} of pgjobs' own (fetch; complete, heartbeat and rescue; "
+             f"listen) + {POOL_HEADROOM} headroom. Refuses to start if smaller than "
+             f"concurrency + {INTERNAL_CONNECTIONS}.", show_default=False)] = None,
+    shutdown_timeout: Annotated[float, typer.Option(
+        help="Seconds running jobs get to finish after SIGTERM before they are returned "
+             "to pending.")] = DEFAULT_SHUTDOWN_TIMEOUT,
+    lease_timeout: Annotated[float, typer.Option(
+        help="Seconds without a heartbeat before another worker rescues a job.")
+    ] = DEFAULT_LEASE_TIMEOUT,
+    poll_interval: Annotated[float, typer.Option(
+        help="Fallback polling period in seconds (jittered); NOTIFY wakes workers sooner.")
+    ] = DEFAULT_POLL_INTERVAL,
+    poll_only: Annotated[bool, typer.Option(
+        help="No LISTEN connection (e.g. behind PgBouncer in transaction mode); one "
+             "internal connection fewer.")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run a fixed pool of workers for APP until SIGTERM/SIGINT, then drain cleanly."""
+    configure_logging(log_level)
+    the_app = load_app(app)
+    worker = the_app.worker(
+        concurrency=concurrency, queues=parse_queues(queues), pool_size=pool_size,
+        shutdown_timeout=shutdown_timeout, lease_timeout=lease_timeout,
+        poll_interval=poll_interval, poll_only=poll_only,
+    )
+    worker.run()

@@ -1,0 +1,216 @@
+"""The completer: writes outcomes in batches, and runs the worker's periodic duties.
+
+One thread, one connection. Outcomes are flushed as soon as the thread is free (results
+that arrive during a flush make up the next batch), one statement per flush. Between
+flushes it renews leases (heartbeat), rescues jobs whose lease expired (any worker may:
+SKIP LOCKED keeps rescuers apart), pings the LISTEN connection, and runs the executors'
+deadline watchdog.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from ..sql import Statements
+from .dbconn import ResilientConnection
+from .inhand import InHand
+from .jobs import Outcome, Result
+
+log = logging.getLogger("pgjobs.worker")
+
+MAX_BATCH = 2000
+WATCHDOG_INTERVAL = 0.05
+
+
+@dataclass
+class WorkerStats:
+    """Running totals since the worker started (read by the CLI's live view)."""
+
+    succeeded: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    timed_out: int = 0
+    released: int = 0
+    rescued: int = 0
+    lost_leases: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.dead_lettered
+
+
+class _Timer:
+    def __init__(self, interval: float, action: Callable[[], None]) -> None:
+        self.interval = interval
+        self.action = action
+        self.due = time.monotonic() + interval
+
+
+class Completer:
+    """Batched completion writes plus heartbeat, rescue and listener ping timers."""
+
+    def __init__(
+        self,
+        sql: Statements,
+        conn: ResilientConnection,
+        *,
+        in_hand: InHand,
+        lease_seconds: float,
+        stats: WorkerStats,
+        watchdog: Callable[[], None],
+        ping: Callable[[psycopg.Connection[Any]], None] | None,
+        ping_interval: float,
+        rescue_interval: float,
+        on_outcomes: Callable[[list[Result]], None] | None = None,
+    ) -> None:
+        self._sql = sql
+        self._conn = conn
+        self._in_hand = in_hand
+        self._lease_seconds = lease_seconds
+        self.stats = stats
+        self._results: queue.SimpleQueue[Result | None] = queue.SimpleQueue()
+        self._closing = threading.Event()
+        self._on_outcomes = on_outcomes
+        self._timers = [
+            _Timer(WATCHDOG_INTERVAL, watchdog),
+            _Timer(max(0.5, lease_seconds / 3), self._heartbeat),
+            _Timer(rescue_interval, self._rescue),
+        ]
+        if ping is not None:
+            self._timers.append(_Timer(ping_interval, lambda: self._run_db(ping)))
+        self.thread = threading.Thread(target=self._loop, name="pgjobs-completer", daemon=True)
+
+    def report(self, result: Result) -> None:
+        """Queue an outcome for the next flush (called from executor threads)."""
+        self._results.put(result)
+
+    def close(self) -> None:
+        """Flush everything reported so far, then stop."""
+        self._closing.set()
+        self._results.put(None)
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                if self._step():
+                    return
+            except Exception:
+                log.exception("completer: unexpected error; continuing")
+                time.sleep(0.1)
+
+    def _step(self) -> bool:
+        now = time.monotonic()
+        wait = max(0.0, min(t.due for t in self._timers) - now)
+        batch: list[Result] = []
+        try:
+            first = self._results.get(timeout=wait)
+            if first is not None:
+                batch.append(first)
+            while len(batch) < MAX_BATCH:
+                item = self._results.get_nowait()
+                if item is not None:
+                    batch.append(item)
+        except queue.Empty:
+            pass
+        if batch:
+            self.flush(batch)
+        now = time.monotonic()
+        for timer in self._timers:
+            if now >= timer.due:
+                timer.due = now + timer.interval
+                if self._closing.is_set() and timer.action is not self._timers[0].action:
+                    continue  # while closing only flushes (and the watchdog) matter
+                timer.action()
+        return self._closing.is_set() and self._results.empty() and not batch
+
+    def _run_db(self, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        return self._conn.run(fn)
+
+    # --- outcomes ------------------------------------------------------------------------
+
+    def flush(self, batch: list[Result]) -> None:
+        """Write a batch of outcomes: one statement (plus one for shutdown releases)."""
+        ok = [r for r in batch if r.outcome is Outcome.SUCCEEDED]
+        retry = [r for r in batch if r.outcome is Outcome.RETRY]
+        dead = [r for r in batch if r.outcome is Outcome.DEAD]
+        release = [r for r in batch if r.outcome is Outcome.RELEASE]
+        if ok or retry or dead:
+            params = {
+                "now": None,
+                "ok_ids": [r.job.id for r in ok],
+                "ok_tokens": [r.job.token for r in ok],
+                "retry_ids": [r.job.id for r in retry],
+                "retry_tokens": [r.job.token for r in retry],
+                "retry_delays": [r.delay for r in retry],
+                "retry_errors": [r.error for r in retry],
+                "dead_ids": [r.job.id for r in dead],
+                "dead_tokens": [r.job.token for r in dead],
+                "dead_errors": [r.error or "failed" for r in dead],
+            }
+            row = self._run_db(lambda c: c.execute(self._sql.COMPLETE_BATCH, params).fetchone())
+            if row is not None:
+                succeeded, retried, buried = row
+                self.stats.succeeded += succeeded
+                self.stats.retried += retried
+                self.stats.dead_lettered += buried
+                self.stats.timed_out += sum(1 for r in batch if r.timed_out)
+                written = succeeded + retried + buried
+                if written < len(ok) + len(retry) + len(dead):
+                    log.warning("%d outcome(s) not written: their lease was lost (the job was "
+                                "rescued and may run again)",
+                                len(ok) + len(retry) + len(dead) - written)
+        if release:
+            params = {"ids": [r.job.id for r in release], "tokens": [r.job.token for r in release]}
+            rows = self._run_db(lambda c: c.execute(self._sql.RELEASE_JOBS, params).fetchall())
+            if rows is not None:
+                self.stats.released += len(rows)
+        self._in_hand.remove(r.job.id for r in batch)
+        if self._on_outcomes is not None:
+            self._on_outcomes(batch)
+
+    # --- periodic duties -----------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        ids, tokens = self._in_hand.snapshot()
+        if not ids:
+            return
+        params = {"now": None, "ids": ids, "tokens": tokens,
+                  "lease_seconds": self._lease_seconds}
+        rows = self._run_db(lambda c: c.execute(self._sql.HEARTBEAT, params).fetchall())
+        if rows is None:
+            return
+        kept = {r[0] for r in rows}
+        lost = [i for i in ids if i not in kept]
+        # Jobs finished since the snapshot are gone from in_hand; only the rest were lost.
+        still_held = set(self._in_hand.snapshot()[0])
+        lost = [i for i in lost if i in still_held]
+        if lost:
+            self.stats.lost_leases += len(lost)
+            self._in_hand.remove(lost)
+            log.warning("lost the lease of job(s) %s (expired and rescued elsewhere?): they "
+                        "may run twice", lost[:20])
+
+    def _rescue(self) -> None:
+        params = {"now": None, "limit": 1000}
+        rows = self._run_db(lambda c: c.execute(self._sql.RESCUE_EXPIRED, params).fetchall())
+        if not rows:
+            return
+        rescued = [r for r in rows if r[0] == "rescued"]
+        buried = [r for r in rows if r[0] == "dead"]
+        self.stats.rescued += len(rescued)
+        if rescued:
+            log.warning("rescued %d job(s) whose worker stopped renewing its lease: %s",
+                        len(rescued), [r[1] for r in rescued][:20])
+        if buried:
+            log.warning("%d job(s) with an expired lease were out of attempts and moved to "
+                        "dead_letters: %s", len(buried), [r[1] for r in buried][:20])

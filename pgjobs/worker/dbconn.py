@@ -1,0 +1,92 @@
+"""A dedicated connection that reconnects, for the worker's own long-lived loops."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+
+from ..config import redact_text
+
+log = logging.getLogger("pgjobs.worker")
+
+T = TypeVar("T")
+
+# Detect a dead peer in seconds rather than the kernel's default of hours.
+KEEPALIVE_OPTIONS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15000,
+    "connect_timeout": 10,
+}
+
+#: psycopg errors that mean "this connection is unusable; reconnect and retry".
+CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+class ResilientConnection:
+    """One autocommit connection owned by one thread; reconnects with jittered backoff.
+
+    ``run(fn)`` calls ``fn(conn)`` until it succeeds or the worker is stopping, so a
+    restarted server, a terminated backend or a full ``max_connections`` degrade the
+    worker (with a log line) instead of killing it.
+    """
+
+    def __init__(self, url: str, name: str, stopping: threading.Event,
+                 application_name: str) -> None:
+        self._url = url
+        self.name = name
+        self._stopping = stopping
+        self._application_name = application_name
+        self._conn: psycopg.Connection[Any] | None = None
+        self._failures = 0
+
+    def connection(self) -> psycopg.Connection[Any]:
+        """The live connection, (re)connecting if needed. Raises on failure."""
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(
+                self._url, autocommit=True,
+                application_name=self._application_name, **KEEPALIVE_OPTIONS,
+            )
+            if self._failures:
+                log.info("%s connection re-established after %d failed attempt(s)",
+                         self.name, self._failures)
+            self._failures = 0
+        return self._conn
+
+    def run(self, fn: Callable[[psycopg.Connection[Any]], T], *,
+            give_up_when_stopping: bool = True) -> T | None:
+        """``fn(conn)``, retried across reconnects; ``None`` if stopping first."""
+        while True:
+            try:
+                return fn(self.connection())
+            except CONNECTION_ERRORS as exc:
+                self.discard()
+                self._failures += 1
+                delay = min(5.0, 0.1 * 2 ** min(self._failures, 6)) * random.uniform(0.5, 1.0)
+                message = redact_text(str(exc).strip().splitlines()[0] if str(exc) else
+                                      type(exc).__name__, self._url)
+                log.warning("%s connection failed (%s); retrying in %.1fs", self.name,
+                            message, delay)
+                if self._stopping.wait(delay) and give_up_when_stopping:
+                    return None
+
+    def discard(self) -> None:
+        """Drop the connection (it will be re-made on next use)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def backend_pid(self) -> int | None:
+        """The server process id of the current connection (tests use it)."""
+        conn = self._conn
+        return None if conn is None or conn.closed else conn.info.backend_pid

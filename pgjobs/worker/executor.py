@@ -1,0 +1,289 @@
+"""The executor pool: a fixed number of threads running handlers, with deadlines.
+
+Python cannot kill a thread. When a job passes its ``timeout``, the watchdog (run by the
+completer every few milliseconds) records the attempt as failed, asks the thread to stop
+by raising ``JobTimeout`` inside it (this interrupts Python code, not a blocking C call
+such as ``time.sleep`` or a socket read), and starts a replacement thread for the slot,
+so capacity stays at ``concurrency``. The abandoned thread's eventual result is
+discarded; it exits as soon as its handler returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import inspect
+import logging
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from ..context import JobContext, reset_current, set_current
+from ..retry import is_permanent, retry_delay
+from .jobs import ClaimedJob, Outcome, Result
+
+if TYPE_CHECKING:
+    from ..app import App
+
+log = logging.getLogger("pgjobs.worker")
+
+MAX_ERROR_CHARS = 16_000
+STOP = None  # sentinel in the job buffer: one per executor thread on shutdown
+
+
+class JobTimeout(Exception):
+    """Raised inside a handler's thread when the job passed its timeout."""
+
+
+@dataclass(slots=True)
+class _Running:
+    job: ClaimedJob
+    started: float
+    deadline: float | None
+
+
+class _Slot:
+    __slots__ = ("current", "generation", "index", "lock", "thread")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.lock = threading.Lock()
+        self.generation = 0
+        self.current: _Running | None = None
+        self.thread: threading.Thread | None = None
+
+
+class ExecutorPool:
+    """``concurrency`` threads taking jobs from ``buffer`` and reporting ``Result``s."""
+
+    def __init__(
+        self,
+        app: App,
+        concurrency: int,
+        buffer: queue.SimpleQueue[ClaimedJob | None],
+        report: Callable[[Result], None],
+        on_finished: Callable[[], None],
+        borrow: Callable[[], AbstractContextManager[psycopg.Connection[Any]]],
+        worker_name: str,
+    ) -> None:
+        self._app = app
+        self._buffer = buffer
+        self._report = report
+        self._on_finished = on_finished
+        self._borrow = borrow
+        self._worker_name = worker_name
+        self._slots = [_Slot(i) for i in range(concurrency)]
+        self._signatures: dict[str, inspect.Signature | None] = {}
+        self.abandoned_threads = 0
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        for slot in self._slots:
+            self._spawn(slot)
+
+    def _spawn(self, slot: _Slot) -> None:
+        generation = slot.generation
+        thread = threading.Thread(
+            target=self._loop, args=(slot, generation), daemon=True,
+            name=f"pgjobs-executor-{slot.index}.{generation}",
+        )
+        slot.thread = thread
+        thread.start()
+
+    def stop_threads(self) -> None:
+        """Ask every executor to exit once it finishes its current job."""
+        for _ in self._slots:
+            self._buffer.put(STOP)
+
+    def join(self, deadline: float) -> bool:
+        """Wait for the executors until ``deadline`` (monotonic); True if all exited."""
+        for slot in self._slots:
+            thread = slot.thread
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        return not self.running_jobs()
+
+    def running_jobs(self) -> list[ClaimedJob]:
+        jobs = []
+        for slot in self._slots:
+            with slot.lock:
+                if slot.current is not None:
+                    jobs.append(slot.current.job)
+        return jobs
+
+    def busy(self) -> int:
+        """Executors running a job right now."""
+        return sum(1 for slot in self._slots if slot.current is not None)
+
+    @property
+    def size(self) -> int:
+        return len(self._slots)
+
+    def abandon_running(self) -> list[ClaimedJob]:
+        """Shutdown timeout: disown every running job (their results will be dropped)."""
+        jobs = []
+        for slot in self._slots:
+            with slot.lock:
+                if slot.current is not None:
+                    jobs.append(slot.current.job)
+                    slot.current = None
+                    slot.generation += 1
+        return jobs
+
+    # --- the executor thread -------------------------------------------------------------
+
+    def _loop(self, slot: _Slot, generation: int) -> None:
+        while True:
+            try:
+                job = self._buffer.get()
+                if job is STOP:
+                    return
+                result = self._run(slot, generation, job)
+                with slot.lock:
+                    if slot.generation != generation:
+                        return  # the watchdog gave up on us; a replacement took the slot
+                    slot.current = None
+                self._report(result)
+                self._on_finished()
+            except JobTimeout:
+                # Delivered late (after the handler returned): harmless if abandoned.
+                with slot.lock:
+                    if slot.generation != generation:
+                        return
+            except BaseException:
+                log.exception("executor %d: internal error (job continues via lease)",
+                              slot.index)
+                with slot.lock:
+                    if slot.generation != generation:
+                        return
+                    slot.current = None
+                self._on_finished()
+
+    def _run(self, slot: _Slot, generation: int, job: ClaimedJob) -> Result:
+        task = self._app.tasks.get(job.task)
+        started = time.monotonic()
+        timeout = task.timeout if task is not None else None
+        with slot.lock:
+            slot.current = _Running(job, started, started + timeout if timeout else None)
+        if task is None:
+            return Result(job, Outcome.DEAD, error=self._unknown_task(job))
+        problem = self._argument_problem(job, task.fn)
+        if problem:
+            return Result(job, Outcome.DEAD, error=problem)
+        ctx = JobContext(
+            id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
+            max_attempts=job.max_attempts, args=job.args, enqueued_at=job.created_at,
+            deadline=started + timeout if timeout else None, _borrow=self._borrow,
+        )
+        token = set_current(ctx)
+        try:
+            outcome = task.fn(**job.args)
+            if inspect.isawaitable(outcome):
+                asyncio.run(_await(outcome))
+        except JobTimeout:
+            return self._timeout_result(job, timeout or 0.0, time.monotonic() - started)
+        except BaseException as exc:
+            return self.failure(job, exc, time.monotonic() - started)
+        finally:
+            reset_current(token)
+        return Result(job, Outcome.SUCCEEDED, duration=time.monotonic() - started)
+
+    # --- outcomes ------------------------------------------------------------------------
+
+    def failure(self, job: ClaimedJob, exc: BaseException, duration: float) -> Result:
+        """Classify a handler's exception: dead letter now, or retry after backoff."""
+        error = format_error(exc)
+        if is_permanent(exc):
+            return Result(job, Outcome.DEAD, error=f"permanent error: {error}",
+                          duration=duration)
+        return self._retry_or_bury(job, error, duration)
+
+    def _retry_or_bury(self, job: ClaimedJob, error: str, duration: float,
+                       timed_out: bool = False) -> Result:
+        if job.attempt >= job.max_attempts:
+            return Result(job, Outcome.DEAD, duration=duration, timed_out=timed_out,
+                          error=f"attempt {job.attempt} of {job.max_attempts} failed: {error}")
+        task = self._app.tasks.get(job.task)
+        delay = retry_delay(task.backoff if task else None, job.attempt, job.task)
+        return Result(job, Outcome.RETRY, error=error, delay=delay, duration=duration,
+                      timed_out=timed_out)
+
+    def _timeout_result(self, job: ClaimedJob, timeout: float, duration: float) -> Result:
+        return self._retry_or_bury(
+            job, f"JobTimeout: task {job.task!r} exceeded its timeout of {timeout:g}s",
+            duration, timed_out=True)
+
+    def check_deadlines(self) -> None:
+        """Watchdog: fail jobs past their timeout and give their slot a fresh thread."""
+        now = time.monotonic()
+        for slot in self._slots:
+            with slot.lock:
+                running = slot.current
+                if running is None or running.deadline is None or now < running.deadline:
+                    continue
+                slot.current = None
+                slot.generation += 1
+                stuck = slot.thread
+                self._spawn(slot)
+            self.abandoned_threads += 1
+            log.warning(
+                "job %d (%s) passed its deadline; executor thread %s abandoned and replaced",
+                running.job.id, running.job.task, stuck.name if stuck else "?")
+            if stuck is not None and stuck.ident is not None:
+                _raise_in_thread(stuck.ident, JobTimeout)
+            timeout = running.deadline - running.started
+            self._report(self._timeout_result(running.job, timeout, now - running.started))
+            self._on_finished()
+
+    def _unknown_task(self, job: ClaimedJob) -> str:
+        known = sorted(self._app.tasks)
+        shown = ", ".join(known[:10]) + (" …" if len(known) > 10 else "")
+        return (
+            f"unknown task {job.task!r}: no task of that name is registered in the worker "
+            f"({self._worker_name}); registered: {shown or 'none'}. Deploy the task, then "
+            "`pgjobs dead-letters requeue`"
+        )
+
+    def _argument_problem(self, job: ClaimedJob, fn: Callable[..., Any]) -> str | None:
+        if not isinstance(job.args, dict):
+            return (f"malformed job: args must be a JSON object of keyword arguments, got "
+                    f"{type(job.args).__name__}: {str(job.args)[:200]}")
+        if job.task not in self._signatures:
+            try:
+                self._signatures[job.task] = inspect.signature(fn)
+            except (TypeError, ValueError):
+                self._signatures[job.task] = None
+        signature = self._signatures[job.task]
+        if signature is not None:
+            try:
+                signature.bind(**job.args)
+            except TypeError as exc:
+                return (f"arguments do not match task {job.task!r}{signature}: {exc} "
+                        f"(args: {str(job.args)[:200]})")
+        return None
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def format_error(exc: BaseException) -> str:
+    """``Type: message`` then the traceback, bounded in size."""
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    head = f"{type(exc).__name__}: {exc}"
+    full = f"{head}\n\n{text}"
+    if len(full) > MAX_ERROR_CHARS:
+        full = full[: MAX_ERROR_CHARS // 2] + "\n…\n" + full[-MAX_ERROR_CHARS // 2 :]
+    return full
+
+
+def _raise_in_thread(ident: int, exc_type: type[BaseException]) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))

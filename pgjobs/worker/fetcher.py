@@ -1,0 +1,162 @@
+"""The fetcher: claims batches of due jobs into a small local buffer.
+
+It claims when executor capacity frees up *and* more work is likely (the last claim was
+full, or a NOTIFY arrived), when the fallback poll timer fires, or when the next
+scheduled job becomes due; otherwise it sleeps. One claim statement takes up to the
+free capacity (executors + prefetch buffer), so executors rarely wait on a round trip.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import random
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from ..sql import Statements
+from .dbconn import ResilientConnection
+from .inhand import InHand
+from .jobs import ClaimedJob
+
+log = logging.getLogger("pgjobs.worker")
+
+POLL_JITTER = 0.2
+
+
+class Fetcher:
+    """Claims jobs for ``capacity`` slots (executors plus prefetch)."""
+
+    def __init__(
+        self,
+        sql: Statements,
+        conn: ResilientConnection,
+        *,
+        queues: list[str] | None,
+        capacity: int,
+        buffer: queue.SimpleQueue[ClaimedJob | None],
+        in_hand: InHand,
+        lease_seconds: float,
+        worker_id: str,
+        poll_interval: float,
+        stopping: threading.Event,
+    ) -> None:
+        self._sql = sql
+        self._conn = conn
+        self._queues = queues
+        self._capacity = capacity
+        # Wait for a few free slots before claiming again, so claims stay batched.
+        self._min_batch = max(1, capacity // 4)
+        self._buffer = buffer
+        self._in_hand = in_hand
+        self._lease_seconds = lease_seconds
+        self._worker_id = worker_id
+        self._poll_interval = poll_interval
+        self._stopping = stopping
+        self._cv = threading.Condition()
+        self._outstanding = 0  # claimed, not yet finished executing
+        self._more_likely = True  # claim at start-up
+        self._next_poll = 0.0
+        self.claims = 0
+        self.thread = threading.Thread(target=self._loop, name="pgjobs-fetcher", daemon=True)
+
+    # --- signals from the other parts ----------------------------------------------------
+
+    def wake(self) -> None:
+        """Work may be waiting (a NOTIFY for our queues, or LISTEN just reconnected)."""
+        with self._cv:
+            self._more_likely = True
+            self._cv.notify()
+
+    def job_finished(self) -> None:
+        """An executor slot (or a buffered job) is free again."""
+        with self._cv:
+            self._outstanding -= 1
+            if self._more_likely and self._capacity - self._outstanding >= self._min_batch:
+                self._cv.notify()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    @property
+    def outstanding(self) -> int:
+        return self._outstanding
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                wanted = self._wait_for_capacity_and_reason()
+                if wanted:
+                    self._claim(wanted)
+            except Exception:
+                log.exception("fetcher: unexpected error; retrying in 1s")
+                self._stopping.wait(1.0)
+
+    def _wait_for_capacity_and_reason(self) -> int:
+        with self._cv:
+            while not self._stopping.is_set():
+                free = self._capacity - self._outstanding
+                now = time.monotonic()
+                if free >= self._min_batch or (free > 0 and self._outstanding == 0):
+                    if self._more_likely or now >= self._next_poll:
+                        self._more_likely = False
+                        return free
+                    self._cv.wait(self._next_poll - now)
+                else:
+                    self._cv.wait(self._poll_interval)
+        return 0
+
+    def _claim(self, wanted: int) -> None:
+        params: dict[str, Any] = {
+            "now": None, "limit": wanted, "lease_seconds": self._lease_seconds,
+            "worker_id": self._worker_id,
+        }
+        if self._queues is None:
+            statement = self._sql.CLAIM_ANY_QUEUE
+        else:
+            statement = self._sql.CLAIM_QUEUES
+            params["queues"] = self._queues
+
+        def claim(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+            return conn.execute(statement, params).fetchall()
+
+        rows = self._conn.run(claim)
+        if rows is None:  # stopping while the database was unreachable
+            return
+        self.claims += 1
+        jobs = [ClaimedJob.from_row(row) for row in rows]
+        # Claim order is not row order (UPDATE … RETURNING); run by priority, then due time.
+        jobs.sort(key=lambda j: (-j.priority, j.due_at, j.id))
+        if jobs:
+            self._in_hand.add((j.id, j.token) for j in jobs)
+            with self._cv:
+                self._outstanding += len(jobs)
+            for job in jobs:
+                self._buffer.put(job)
+        if len(jobs) == wanted:
+            with self._cv:
+                self._more_likely = True
+            return
+        self._schedule_next_poll()
+
+    def _schedule_next_poll(self) -> None:
+        """Sleep until the fallback poll, or until the next scheduled job is due."""
+        delay = self._poll_interval * random.uniform(1 - POLL_JITTER, 1 + POLL_JITTER)
+        params: dict[str, Any] = {"now": None}
+        if self._queues is None:
+            statement = self._sql.NEXT_DUE_ANY_QUEUE
+        else:
+            statement = self._sql.NEXT_DUE_QUEUES
+            params["queues"] = self._queues
+        row = self._conn.run(lambda conn: conn.execute(statement, params).fetchone())
+        if row is not None and isinstance(row[0], dt.timedelta):
+            delay = max(0.0, min(delay, row[0].total_seconds()))
+        with self._cv:
+            self._next_poll = time.monotonic() + delay

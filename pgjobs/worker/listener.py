@@ -1,0 +1,121 @@
+"""LISTEN/NOTIFY: wake the fetcher when jobs are enqueued on our queues.
+
+The connection is checked, not trusted: the completer sends a ping NOTIFY every few
+seconds and the listener expects to hear it back. A LISTEN connection that stops
+delivering (server restart, a proxy silently dropping packets) is noticed within
+``ping_timeout``, replaced, and meanwhile the fetcher keeps polling.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from ..config import redact_text
+from ..sql import Statements
+from .dbconn import CONNECTION_ERRORS, KEEPALIVE_OPTIONS
+
+log = logging.getLogger("pgjobs.worker")
+
+PING_PREFIX = "pgjobs:ping:"
+
+
+class ListenerDead(Exception):
+    """The LISTEN connection stopped delivering our own pings."""
+
+
+class Listener:
+    """Owns the LISTEN connection; calls ``on_wake`` for notifications on our queues."""
+
+    def __init__(
+        self,
+        sql: Statements,
+        url: str,
+        *,
+        queues: list[str] | None,
+        on_wake: Callable[[], None],
+        stopping: threading.Event,
+        worker_id: str,
+        ping_timeout: float,
+        application_name: str,
+    ) -> None:
+        self._sql = sql
+        self._url = url
+        self._queues = set(queues) if queues is not None else None
+        self._on_wake = on_wake
+        self._stopping = stopping
+        self._ping_payload = f"{PING_PREFIX}{worker_id}"
+        self._ping_timeout = ping_timeout
+        self._application_name = application_name
+        self._ping_sent_at: float | None = None
+        self._ping_heard_at = 0.0
+        self.healthy = False
+        self.reconnects = 0
+        self.conn: psycopg.Connection[Any] | None = None
+        self.thread = threading.Thread(target=self._loop, name="pgjobs-listener", daemon=True)
+
+    def send_ping(self, conn: psycopg.Connection[Any]) -> None:
+        """Called by the completer on its own connection."""
+        if self._ping_sent_at is None or self._ping_heard_at >= self._ping_sent_at:
+            self._ping_sent_at = time.monotonic()
+        conn.execute("SELECT pg_notify(%s, %s)", [self._sql.channel, self._ping_payload])
+
+    def _loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                self._listen()
+                failures = 0
+            except (*CONNECTION_ERRORS, ListenerDead) as exc:
+                self.healthy = False
+                failures += 1
+                message = redact_text(str(exc).strip().splitlines()[0] if str(exc) else
+                                      type(exc).__name__, self._url)
+                delay = min(5.0, 0.2 * 2 ** min(failures, 5)) * random.uniform(0.5, 1.0)
+                log.warning("LISTEN connection lost (%s); polling meanwhile, reconnecting in "
+                            "%.1fs", message, delay)
+                self._stopping.wait(delay)
+            except Exception:
+                self.healthy = False
+                log.exception("listener: unexpected error; reconnecting")
+                self._stopping.wait(1.0)
+            finally:
+                self._close()
+
+    def _listen(self) -> None:
+        self.conn = psycopg.connect(self._url, autocommit=True,
+                                    application_name=self._application_name,
+                                    **KEEPALIVE_OPTIONS)
+        self.conn.execute(self._sql.listen)
+        if self.reconnects:
+            log.info("LISTEN connection re-established")
+        self.reconnects += 1
+        self._ping_sent_at = None
+        self.healthy = True
+        self._on_wake()  # catch up on anything enqueued while we were not listening
+        while not self._stopping.is_set():
+            for note in self.conn.notifies(timeout=0.25):
+                payload = note.payload
+                if payload.startswith(PING_PREFIX):
+                    if payload == self._ping_payload:
+                        self._ping_heard_at = time.monotonic()
+                elif self._queues is None or payload in self._queues:
+                    self._on_wake()
+            sent = self._ping_sent_at
+            if (sent is not None and self._ping_heard_at < sent
+                    and time.monotonic() - sent > self._ping_timeout):
+                raise ListenerDead(f"no ping heard back for {self._ping_timeout:g}s")
+
+    def _close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass

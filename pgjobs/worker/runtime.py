@@ -1,0 +1,287 @@
+"""The worker runtime: wiring, run/stop, signals and the shutdown sequence.
+
+Shutdown (SIGTERM, SIGINT or ``stop()``):
+  1. stop claiming (fetcher and listener exit);
+  2. hand jobs that were claimed but not started back to ``pending``, uncharged;
+  3. let running jobs finish, up to ``shutdown_timeout``;
+  4. hand jobs still running after that back to ``pending``, uncharged (their threads are
+     abandoned; a late result is ignored because the lease token no longer matches);
+  5. flush every outcome, close connections, return. A second signal exits at once
+     (non-zero); the leases of whatever was in hand then expire and are rescued.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from ..errors import ConfigurationError, SchemaMissingError
+from .completer import Completer, WorkerStats
+from .dbconn import ResilientConnection
+from .executor import ExecutorPool
+from .fetcher import Fetcher
+from .inhand import InHand
+from .jobs import ClaimedJob, Outcome, Result
+from .listener import Listener
+
+if TYPE_CHECKING:
+    from ..app import App
+
+log = logging.getLogger("pgjobs.worker")
+
+#: pgjobs' own connections: fetch (claims), complete (outcomes, heartbeat, rescue), listen.
+INTERNAL_CONNECTIONS = 3
+POOL_HEADROOM = 2
+DEFAULT_CONCURRENCY = 10
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+DEFAULT_LEASE_TIMEOUT = 30.0
+DEFAULT_POLL_INTERVAL = 2.0
+
+
+def internal_connections(poll_only: bool) -> int:
+    """Connections the worker opens for itself (not for handlers)."""
+    return INTERNAL_CONNECTIONS - (1 if poll_only else 0)
+
+
+def default_pool_size(concurrency: int, poll_only: bool = False) -> int:
+    """Executors + pgjobs' own connections + a little headroom for handlers."""
+    return concurrency + internal_connections(poll_only) + POOL_HEADROOM
+
+
+class Worker:
+    """A fixed pool of executors serving an App's tasks. See the module doc for shutdown."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        queues: Iterable[str] | None = None,
+        pool_size: int | None = None,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        poll_only: bool = False,
+        prefetch: int | None = None,
+        ping_interval: float = 5.0,
+        ping_timeout: float = 10.0,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(
+                f"concurrency must be a whole number >= 1, got {concurrency!r}")
+        internal = internal_connections(poll_only)
+        size = default_pool_size(concurrency, poll_only) if pool_size is None else pool_size
+        if concurrency + internal > size:
+            raise ConfigurationError(
+                f"pool size {size} is too small for concurrency {concurrency}: the worker "
+                f"needs {concurrency} connections for handlers plus {internal} of its own "
+                f"(fetch, complete{', listen' if not poll_only else ''}); use --pool-size "
+                f"{concurrency + internal} or more, or lower --concurrency"
+            )
+        for name, value in (("shutdown_timeout", shutdown_timeout),
+                            ("lease_timeout", lease_timeout), ("poll_interval", poll_interval)):
+            if not value > 0:
+                raise ConfigurationError(f"{name} must be a positive number of seconds")
+        self.app = app
+        self.concurrency = concurrency
+        self.queues = sorted(set(queues)) if queues else None
+        self.pool_size = size
+        self.shutdown_timeout = float(shutdown_timeout)
+        self.lease_timeout = float(lease_timeout)
+        self.poll_interval = float(poll_interval)
+        self.poll_only = poll_only
+        self.prefetch = min(concurrency, 100) if prefetch is None else max(0, prefetch)
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.install_signal_handlers = install_signal_handlers
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.stats = WorkerStats()
+        self.started = threading.Event()
+        self.stopped = threading.Event()
+        self._stop_requested = threading.Event()
+        self._signals = 0
+        self._handler_pool: Any = None
+        self._handler_pool_lock = threading.Lock()
+        self.fetcher: Fetcher | None = None
+        self.listener: Listener | None = None
+        self.completer: Completer | None = None
+        self.executors: ExecutorPool | None = None
+        self.on_outcomes: Callable[[list[Result]], None] | None = None
+
+    # --- public --------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Begin the graceful shutdown (same as SIGTERM); ``run()`` returns when done."""
+        self._stop_requested.set()
+
+    def run(self) -> None:
+        """Serve jobs until ``stop()`` or SIGTERM/SIGINT, then drain and return."""
+        url = self.app.database_url
+        self._check_schema(url)
+        restore = self._install_signals()
+        try:
+            self._start(url)
+            log.info("worker %s: %d executors on %s, pool %d connections, schema %r",
+                     self.id, self.concurrency,
+                     ", ".join(self.queues) if self.queues else "all queues",
+                     self.pool_size, self.app.schema)
+            self.started.set()
+            while not self._stop_requested.wait(0.5):
+                pass
+            self._shutdown()
+        finally:
+            restore()
+            self.stopped.set()
+
+    # --- start ---------------------------------------------------------------------------
+
+    def _check_schema(self, url: str) -> None:
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+                row = conn.execute(self.app.sql.SCHEMA_EXISTS,
+                                   {"jobs_table": self.app.sql.jobs_table}).fetchone()
+        except psycopg.OperationalError as exc:
+            from ..cli.common import describe_connect_error
+
+            raise ConfigurationError(describe_connect_error(exc, url)) from exc
+        if not row or not row[0]:
+            raise SchemaMissingError(self.app.schema)
+
+    def _start(self, url: str) -> None:
+        self._stopping = threading.Event()  # claimers stop
+        self._abort = threading.Event()  # outcome writes give up (hard deadline)
+        name = f"pgjobs worker {self.id}"[:63]
+        self._in_hand = InHand()
+        self._buffer: queue.SimpleQueue[ClaimedJob | None] = queue.SimpleQueue()
+        self._url = url
+        self.fetcher = Fetcher(
+            self.app.sql, ResilientConnection(url, "fetch", self._stopping, name),
+            queues=self.queues, capacity=self.concurrency + self.prefetch, buffer=self._buffer,
+            in_hand=self._in_hand, lease_seconds=self.lease_timeout, worker_id=self.id,
+            poll_interval=self.poll_interval, stopping=self._stopping,
+        )
+        if not self.poll_only:
+            self.listener = Listener(
+                self.app.sql, url, queues=self.queues, on_wake=self.fetcher.wake,
+                stopping=self._stopping, worker_id=self.id, ping_timeout=self.ping_timeout,
+                application_name=name,
+            )
+        executors_ref: list[ExecutorPool] = []
+        self.completer = Completer(
+            self.app.sql, ResilientConnection(url, "complete", self._abort, name),
+            in_hand=self._in_hand, lease_seconds=self.lease_timeout, stats=self.stats,
+            watchdog=lambda: executors_ref[0].check_deadlines() if executors_ref else None,
+            ping=self.listener.send_ping if self.listener else None,
+            ping_interval=self.ping_interval,
+            rescue_interval=min(5.0, max(0.5, self.lease_timeout / 4)),
+            on_outcomes=lambda batch: self.on_outcomes(batch) if self.on_outcomes else None,
+        )
+        self.executors = ExecutorPool(
+            self.app, self.concurrency, self._buffer, report=self.completer.report,
+            on_finished=self.fetcher.job_finished, borrow=self._borrow_connection,
+            worker_name=self.id,
+        )
+        executors_ref.append(self.executors)
+        self.completer.thread.start()
+        self.executors.start()
+        if self.listener is not None:
+            self.listener.thread.start()
+        self.fetcher.thread.start()
+
+    @contextmanager
+    def _borrow_connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._handler_pool_lock:
+            if self._handler_pool is None:
+                from psycopg_pool import ConnectionPool
+
+                # Everything the pool may open is inside --pool-size, with our own
+                # connections already subtracted.
+                self._handler_pool = ConnectionPool(
+                    self._url, min_size=0,
+                    max_size=self.pool_size - internal_connections(self.poll_only),
+                    open=True, name="pgjobs-handlers", timeout=30,
+                )
+        with self._handler_pool.connection() as conn:
+            yield conn
+
+    # --- stop ----------------------------------------------------------------------------
+
+    def _install_signals(self) -> Callable[[], None]:
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        if not self.install_signal_handlers or not on_main_thread:
+            return lambda: None
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            self._signals += 1
+            if self._signals > 1:
+                log.warning("second %s: exiting now; leases will recover jobs in hand",
+                            signal.Signals(signum).name)
+                os._exit(128 + signum)
+            log.info("%s: draining (up to %gs); send it again to exit at once",
+                     signal.Signals(signum).name, self.shutdown_timeout)
+            self._stop_requested.set()
+
+        for s in previous:
+            signal.signal(s, on_signal)
+
+        def restore() -> None:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+        return restore
+
+    def _shutdown(self) -> None:
+        assert self.fetcher and self.completer and self.executors
+        deadline = time.monotonic() + self.shutdown_timeout
+        self._stopping.set()
+        self.fetcher.stop()
+        self.fetcher.thread.join(timeout=max(1.0, self.shutdown_timeout))
+        # Claimed but never started: back to pending, uncharged.
+        unstarted = 0
+        while True:
+            try:
+                job = self._buffer.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                unstarted += 1
+                self.completer.report(Result(job, Outcome.RELEASE))
+                self.fetcher.job_finished()
+        self.executors.stop_threads()
+        running = len(self.executors.running_jobs())
+        if running:
+            log.info("waiting up to %.0fs for %d running job(s)",
+                     max(0.0, deadline - time.monotonic()), running)
+        if not self.executors.join(deadline):
+            abandoned = self.executors.abandon_running()
+            log.warning("shutdown timeout: returning %d unfinished job(s) to pending "
+                        "without charging the attempt: %s", len(abandoned),
+                        [j.id for j in abandoned][:20])
+            for job in abandoned:
+                self.completer.report(Result(job, Outcome.RELEASE))
+        self.completer.close()
+        self.completer.thread.join(timeout=15.0)
+        if self.completer.thread.is_alive():
+            self._abort.set()  # database unreachable: leases will recover what is left
+            self.completer.thread.join(timeout=5.0)
+        if self.listener is not None:
+            self.listener.thread.join(timeout=5.0)
+        if self._handler_pool is not None:
+            self._handler_pool.close(timeout=1.0)
+        log.info("worker %s stopped: %d succeeded, %d retried, %d dead-lettered, %d returned "
+                 "to pending (%d never started)", self.id, self.stats.succeeded,
+                 self.stats.retried, self.stats.dead_lettered, self.stats.released, unstarted)
