@@ -80,3 +80,30 @@ def test_bad_limit_values(pg_url, schema):
 def test_typer_usage_errors_keep_exit_2(pg_url, schema):
     result = run_cli("no-such-command", env=cli_env(pg_url, schema))
     assert result.returncode == 2 and "No such command" in result.stderr
+
+
+def test_dead_letters_show_purge_and_errors(pg_url, schema, db):
+    env = cli_env(pg_url, schema)
+    db.execute(sql.SQL(
+        "INSERT INTO {} (job_id, queue, task, args, attempts, max_attempts, error, created_at, "
+        "failed_at) VALUES (1, 'q', 't', '{{\"a\": 1}}', 5, 5, 'E: boom', now(), "
+        "now() - interval '2 days'), (2, 'q', 't', '{{}}', 5, 5, 'E: new', now(), now())"
+    ).format(sql.Identifier(schema, "dead_letters")))
+    ids = [r[0] for r in db.execute(sql.SQL("SELECT id FROM {} ORDER BY id").format(
+        sql.Identifier(schema, "dead_letters"))).fetchall()]
+    shown = run_cli("dead-letters", "show", str(ids[0]), "--json", env=env)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["args"] == {"a": 1}
+    assert "no dead letter with id 999999" in _one_line_error(
+        run_cli("dead-letters", "show", "999999", env=env))
+    assert "nothing requeued" in _one_line_error(
+        run_cli("dead-letters", "requeue", str(ids[0]), "999999", env=env))
+    assert count(db, schema, "dead_letters") == 2  # the valid id was not requeued either
+    assert "--yes" in _one_line_error(run_cli("dead-letters", "purge", env=env))
+    assert count(db, schema, "dead_letters") == 2
+    purged = run_cli("dead-letters", "purge", "--older-than", "1d", "--yes", env=env)
+    assert purged.returncode == 0 and "deleted 1" in purged.stdout
+    assert count(db, schema, "dead_letters") == 1
+    assert "duration" in _one_line_error(
+        run_cli("dead-letters", "purge", "--older-than", "soon", "--yes", env=env))
+    listed = run_cli("dead-letters", "list", env=env)
+    assert listed.returncode == 0 and "E: new" in listed.stdout

@@ -1,0 +1,82 @@
+"""Helpers for tests that run real `pgjobs work` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .conftest import ROOT, cli_env
+
+APP = "tests.apps.sample:app"
+
+
+def create_executions_table(db: psycopg.Connection[Any], schema: str) -> None:
+    db.execute(sql.SQL(
+        "CREATE TABLE {} (job_id bigint, attempt int, phase text, pid int, "
+        "at timestamptz DEFAULT clock_timestamp())"
+    ).format(sql.Identifier(schema, "executions")))
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
+               message: str = "condition") -> Any:
+    """Poll ``condition`` until truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class WorkerProcess:
+    """A `pgjobs work` subprocess whose stderr is collected line by line."""
+
+    def __init__(self, pg_url: str, schema: str, *args: str, app: str = APP) -> None:
+        env = cli_env(pg_url, schema)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pgjobs", "work", app, *args],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_started(self, timeout: float = 30.0) -> None:
+        wait_until(lambda: "executors on" in self.log or self.proc.poll() is not None,
+                   timeout, message="worker start")
+        assert self.proc.poll() is None, self.log
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
