@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 
@@ -68,7 +69,7 @@ def test_retries_follow_the_task_backoff(env, pg_url, schema, db):
         wait_until(lambda: _jobs_left(db, schema) == 0, 30, message="flaky job done")
         starts = _executions(db, schema, "start")
         assert [r[1] for r in starts] == [1, 2, 3]
-        gaps = [(b[3] - a[3]).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
+        gaps = [(b[3] - a[3]).total_seconds() for a, b in itertools.pairwise(starts)]
         assert all(gap >= 0.3 for gap in gaps), gaps  # backoff=lambda a: 0.3
         assert [r[0] for r in _executions(db, schema)] == [job_id]
     finally:
@@ -248,7 +249,7 @@ def test_idle_worker_wakes_on_notify_long_before_the_poll(env, pg_url, schema, d
     worker = WorkerProcess(pg_url, schema, "--concurrency", "2", "--poll-interval", "60")
     try:
         worker.wait_started()
-        (first,) = _enqueue(env, pg_url, "record")  # proves the worker is up and idle
+        _enqueue(env, pg_url, "record")  # proves the worker is up and idle
         wait_until(lambda: _executions(db, schema), 30, message="first job")
         latencies = []
         for _ in range(3):
