@@ -113,3 +113,11 @@ def work(
         poll_interval=poll_interval, poll_only=poll_only,
     )
     worker.run()
+
+
+@cli.command()
+def demo() -> None:
+    """A self-contained tour on the embedded server: enqueue, QueueFull, work, dead letters."""
+    from ..demo import run_demo
+
+    run_demo(SETTINGS.database_url, SETTINGS.schema)

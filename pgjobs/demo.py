@@ -1,0 +1,160 @@
+"""`pgjobs demo`: a self-contained tour on the embedded server (or PGJOBS_DATABASE_URL).
+
+migrate → enqueue a burst larger than the queue's limit (QueueFull) → work it with a live
+view → stats and dead letters. Everything happens on the queue ``pgjobs-demo``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+import psycopg
+from psycopg import sql as pgsql
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from . import admin, migrate
+from .app import App
+from .context import current_job
+from .errors import PermanentError, QueueFull
+
+QUEUE = "pgjobs-demo"
+LIMIT = 300
+BURST = 400
+
+
+def build_app(database_url: str | None, schema: str | None) -> App:
+    """The demo's App and its three tasks: a steady one, a flaky one, a broken one."""
+    app = App(database_url, schema=schema)
+
+    @app.task(name="demo.resize_image", queue=QUEUE)
+    def resize_image(image_id: int) -> None:
+        time.sleep(random.uniform(0.005, 0.04))
+
+    @app.task(name="demo.send_webhook", queue=QUEUE, max_attempts=3,
+              backoff=lambda attempt: 0.2 * attempt)
+    def send_webhook(event_id: int) -> None:
+        time.sleep(random.uniform(0.005, 0.02))
+        # Fails now and then, like a remote endpoint would; retries usually succeed.
+        if current_job().attempt == 1 and random.random() < 0.4:
+            raise ConnectionError(f"endpoint timed out for event {event_id}")
+        if event_id % 97 == 0:
+            raise ConnectionError(f"endpoint for event {event_id} is down for good")
+
+    @app.task(name="demo.parse_upload", queue=QUEUE)
+    def parse_upload(upload_id: int) -> None:
+        raise PermanentError(f"upload {upload_id} is not a valid CSV file")
+
+    return app
+
+
+def run_demo(database_url: str | None = None, schema: str | None = None) -> None:
+    """Run the tour; prints to the terminal."""
+    console = Console()
+    logging.getLogger("pgjobs").setLevel(logging.ERROR)
+    app = build_app(database_url, schema)
+    console.rule("[bold]pgjobs demo")
+    console.print(f"1. migrate: schema [bold]{app.schema}[/] on {_where(app.database_url)}")
+    migrate.upgrade(app.database_url, app.schema)
+    _reset(app)
+
+    resize, webhook, parse = (app.tasks[n] for n in (
+        "demo.resize_image", "demo.send_webhook", "demo.parse_upload"))
+    console.print(f"2. enqueue: a burst of {BURST} jobs into queue [bold]{QUEUE}[/], whose "
+                  f"pending limit is {LIMIT} (`pgjobs queues limit {QUEUE} {LIMIT}`)")
+    accepted = rejected = 0
+    first_rejection: QueueFull | None = None
+    with psycopg.connect(app.database_url) as conn:
+        app.set_queue_limit(conn, QUEUE, LIMIT)
+        conn.commit()
+        for i in range(BURST):
+            task = webhook if i % 3 == 1 else parse if i % 50 == 7 else resize
+            kwargs = {"event_id": i} if task is webhook else (
+                {"upload_id": i} if task is parse else {"image_id": i})
+            try:
+                task.enqueue(conn, **kwargs)
+                conn.commit()  # one transaction per request, as a web app would
+                accepted += 1
+            except QueueFull as full:
+                first_rejection = first_rejection or full
+                rejected += 1
+    console.print(f"   accepted {accepted}, rejected {rejected} with QueueFull")
+    if first_rejection is not None:
+        console.print(f"   → {first_rejection}")
+        console.print(f"   → a web handler answers 429 with Retry-After: "
+                      f"{max(1, round(first_rejection.retry_after))}")
+
+    console.print("3. work: `pgjobs work` with 4 executors (live view)")
+    worker = app.worker(concurrency=4, queues=[QUEUE], install_signal_handlers=False,
+                        poll_interval=0.2)
+    thread = threading.Thread(target=worker.run, name="demo-worker", daemon=True)
+    thread.start()
+    started = time.monotonic()
+    with psycopg.connect(app.database_url, autocommit=True) as conn, \
+            Live(console=console, refresh_per_second=8) as live:
+        while True:
+            row = _queue_row(conn, app)
+            live.update(_live_table(row, worker, time.monotonic() - started))
+            if row["pending"] + row["scheduled"] + row["running"] == 0 and worker.started.is_set():
+                break
+            if not thread.is_alive():
+                break
+            time.sleep(0.1)
+    worker.stop()
+    thread.join(timeout=30)
+
+    console.print("4. results: `pgjobs stats` and `pgjobs dead-letters list`")
+    from .cli.main import _print_stats_table
+
+    with psycopg.connect(app.database_url, autocommit=True) as conn:
+        _print_stats_table([r for r in admin.queue_stats(conn, app.sql) if r["queue"] == QUEUE])
+        letters = admin.list_dead_letters(conn, app.sql, queue=QUEUE, limit=10)
+    table = Table(title=f"dead letters (first {len(letters)})")
+    for column in ("id", "task", "attempts", "error"):
+        table.add_column(column)
+    for d in letters:
+        table.add_row(str(d["id"]), d["task"], f"{d['attempts']}/{d['max_attempts']}",
+                      (d["error"].splitlines() or [""])[0][:90])
+    console.print(table)
+    console.print(f"Try: pgjobs dead-letters show {letters[0]['id'] if letters else 'ID'}; "
+                  "pgjobs dead-letters requeue --all --task demo.send_webhook; pgjobs stats")
+
+
+def _where(url: str) -> str:
+    from .config import redact_url
+
+    return "the embedded PostgreSQL (./.pgjobs)" if "host=/" in url or "@/" in url else (
+        redact_url(url))
+
+
+def _reset(app: App) -> None:
+    """Forget earlier demo runs (only the demo queue is touched)."""
+    with psycopg.connect(app.database_url, autocommit=True) as conn:
+        for table in ("jobs", "dead_letters"):
+            conn.execute(pgsql.SQL("DELETE FROM {} WHERE queue = %s").format(
+                pgsql.Identifier(app.schema, table)), [QUEUE])
+
+
+def _queue_row(conn: psycopg.Connection[Any], app: App) -> dict[str, Any]:
+    for row in admin.queue_stats(conn, app.sql):
+        if row["queue"] == QUEUE:
+            return row
+    return {"pending": 0, "scheduled": 0, "running": 0, "dead": 0}
+
+
+def _live_table(row: dict[str, Any], worker: Any, elapsed: float) -> Table:
+    stats = worker.stats
+    table = Table(title=f"queue {QUEUE} — {elapsed:4.1f}s")
+    for column in ("pending", "retry wait", "running", "succeeded", "retried", "dead",
+                   "busy executors"):
+        table.add_column(column, justify="right")
+    busy = worker.executors.busy() if worker.executors else 0
+    table.add_row(str(row["pending"]), str(row["scheduled"]), str(row["running"]),
+                  str(stats.succeeded), str(stats.retried), str(row["dead"]),
+                  f"{busy}/{worker.concurrency}")
+    return table
