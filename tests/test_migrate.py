@@ -123,3 +123,16 @@ def test_script_location_is_inside_package_or_checkout():
     location = migrate.script_location()
     assert (location / "env.py").is_file()
     assert Path(location).name in {"migrations", "alembic"}
+
+
+def test_every_subpackage_is_listed_for_packaging():
+    """A package missing from pyproject's explicit list is missing from the wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"])
+    found = {
+        ".".join(p.relative_to(ROOT).parts[:-1])
+        for p in (ROOT / "pgjobs").rglob("__init__.py")
+    }
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
