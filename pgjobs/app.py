@@ -11,9 +11,11 @@ from . import config
 from .backpressure import DEFAULT_REFRESH_INTERVAL, DEFAULT_RETRY_AFTER, PendingLimits
 from .enqueue import Enqueuer
 from .errors import ConfigurationError
+from .metrics import enqueue_instruments
 from .payload import DEFAULT_MAX_ARGS_BYTES
 from .sql import Statements, statements
 from .task import Backoff, JobSpec, Task, validate_max_attempts, validate_queue
+from .tracing import get_tracer
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -29,6 +31,7 @@ class App:
     embedded PostgreSQL under ``./.pgjobs/`` (started on first use). ``schema`` defaults
     to ``PGJOBS_SCHEMA``, else ``pgjobs``. ``default_queue_limit`` is the pending-count
     limit of queues that have none set with ``pgjobs queues limit`` (``None``: unlimited).
+    ``meter_provider`` / ``tracer_provider``: OpenTelemetry providers (default: global).
     """
 
     def __init__(
@@ -42,6 +45,8 @@ class App:
         limit_refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
         retry_after: float = DEFAULT_RETRY_AFTER,
         max_args_bytes: int = DEFAULT_MAX_ARGS_BYTES,
+        meter_provider: Any | None = None,
+        tracer_provider: Any | None = None,
     ) -> None:
         self._database_url = config.normalize_url(database_url) if database_url else None
         self.schema = config.resolve_schema(schema)
@@ -51,6 +56,8 @@ class App:
             raise ValueError("default_queue_limit must be >= 0 or None")
         self.default_queue_limit = default_queue_limit
         self.max_args_bytes = max_args_bytes
+        self.meter_provider = meter_provider
+        self.tracer_provider = tracer_provider
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._limit_settings = (limit_refresh_interval, retry_after)
         self._use_schema(self.schema)
@@ -66,7 +73,9 @@ class App:
             refresh_interval=refresh_interval,
             retry_after=retry_after,
         )
-        self._enqueuer = Enqueuer(self.sql, self.limits)
+        self._enqueuer = Enqueuer(self.sql, self.limits,
+                                  enqueue_instruments(self.meter_provider),
+                                  get_tracer(self.tracer_provider))
 
     @property
     def database_url(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -13,9 +14,11 @@ from psycopg.types.json import Jsonb
 
 from .backpressure import PendingLimits
 from .connection import raw_connection
-from .errors import SchemaMissingError
+from .errors import QueueFull, SchemaMissingError
+from .metrics import EnqueueInstruments
 from .sql import Statements
 from .task import JobSpec
+from .tracing import send_span
 
 _COPY_TYPES = ["int8", "text", "text", "jsonb", "int2", "int4", "timestamptz", "jsonb"]
 
@@ -28,19 +31,31 @@ def _identity(text: str) -> str:
 class Enqueuer:
     """Writes jobs on the caller's connection; never commits, never opens a connection."""
 
-    def __init__(self, statements: Statements, limits: PendingLimits) -> None:
+    def __init__(self, statements: Statements, limits: PendingLimits,
+                 instruments: EnqueueInstruments, tracer: Any) -> None:
         self._sql = statements
         self._limits = limits
+        self._instruments = instruments
+        self._tracer = tracer
+
+    def _check(self, pgconn: psycopg.Connection[Any], queue: str, adding: int) -> None:
+        try:
+            self._limits.check(pgconn, queue, adding)
+        except QueueFull:
+            self._instruments.rejections.add(adding, {"queue": queue})
+            raise
 
     def enqueue_one(self, conn: Any, spec: JobSpec) -> int:
         """Insert one job (see ``Task.enqueue``)."""
         pgconn = raw_connection(conn)
-        with _schema_errors(self._sql.schema):
-            self._limits.check(pgconn, spec.queue)
+        with send_span(self._tracer, spec.queue, spec.task) as (span, carrier), \
+                _schema_errors(self._sql.schema):
+            self._check(pgconn, spec.queue, 1)
             params = {
                 "queue": spec.queue, "task": spec.task, "args": spec.args_json,
                 "priority": spec.priority, "max_attempts": spec.max_attempts,
-                "unique_key": spec.unique_key, "trace": None,
+                "unique_key": spec.unique_key,
+                "trace": json.dumps(carrier) if carrier else None,
             }
             if spec.delay > 0:
                 params["delay"] = spec.delay
@@ -49,9 +64,13 @@ class Enqueuer:
                 params["channel"] = self._sql.channel
                 row = pgconn.execute(self._sql.ENQUEUE_NOTIFY, params).fetchone()
             if row is not None:
+                job_id = int(row[0])
                 self._limits.record(spec.queue, 1)
-                return int(row[0])
-            return self._existing_unique(pgconn, spec)
+                self._instruments.enqueued.add(1, {"queue": spec.queue, "task": spec.task})
+            else:
+                job_id = self._existing_unique(pgconn, spec)
+            span.set_attribute("messaging.message.id", str(job_id))
+            return job_id
 
     def _existing_unique(self, pgconn: psycopg.Connection[Any], spec: JobSpec) -> int:
         # ON CONFLICT DO NOTHING: a live job holds the key. It may finish between the two
@@ -84,9 +103,11 @@ class Enqueuer:
             return []
         pgconn = raw_connection(conn)
         per_queue = Counter(job.queue for job in jobs)
-        with _schema_errors(self._sql.schema):
+        queue_name = jobs[0].queue if len(per_queue) == 1 else "(several queues)"
+        with send_span(self._tracer, queue_name, jobs[0].task, len(jobs)) as (_, carrier), \
+                _schema_errors(self._sql.schema):
             for queue, count in per_queue.items():
-                self._limits.check(pgconn, queue, adding=count)
+                self._check(pgconn, queue, count)
             row = pgconn.execute(
                 self._sql.RESERVE_JOB_IDS,
                 {"jobs_table": self._sql.jobs_table, "count": len(jobs)},
@@ -94,10 +115,11 @@ class Enqueuer:
             assert row is not None
             server_now: dt.datetime = row[0]
             ids: list[int] = row[1]
+            trace = json.dumps(carrier) if carrier else None
             if any(job.unique_key is not None for job in jobs):
-                result = self._insert_unique(pgconn, jobs, ids, server_now)
+                result = self._insert_unique(pgconn, jobs, ids, server_now, trace)
             else:
-                self._copy(pgconn, jobs, ids, server_now)
+                self._copy(pgconn, jobs, ids, server_now, trace)
                 result = list(ids)
             due = sorted({job.queue for job in jobs if job.delay <= 0})
             if due:
@@ -106,6 +128,8 @@ class Enqueuer:
                 )
         for queue, count in per_queue.items():
             self._limits.record(queue, count)
+        for (queue, task), count in Counter((j.queue, j.task) for j in jobs).items():
+            self._instruments.enqueued.add(count, {"queue": queue, "task": task})
         return [int(i) for i in result if i is not None]
 
     def _copy(
@@ -114,8 +138,10 @@ class Enqueuer:
         jobs: list[JobSpec],
         ids: list[int],
         server_now: dt.datetime,
+        trace: str | None,
     ) -> None:
         second = dt.timedelta(seconds=1)
+        trace_value = Jsonb(trace, dumps=_identity) if trace else None
         with pgconn.cursor() as cur, cur.copy(self._sql.COPY_JOBS) as copy:
             copy.set_types(_COPY_TYPES)
             write = copy.write_row
@@ -124,7 +150,7 @@ class Enqueuer:
                     job_id, job.queue, job.task, Jsonb(job.args_json, dumps=_identity),
                     job.priority, job.max_attempts,
                     server_now + job.delay * second if job.delay else server_now,
-                    None,
+                    trace_value,
                 ))
 
     def _insert_unique(
@@ -133,6 +159,7 @@ class Enqueuer:
         jobs: list[JobSpec],
         ids: list[int] | None = None,
         server_now: dt.datetime | None = None,
+        trace: str | None = None,
     ) -> list[int | None]:
         """INSERT … ON CONFLICT DO NOTHING; a conflicting job yields the live job's id."""
         if ids is None or server_now is None:
@@ -156,7 +183,7 @@ class Enqueuer:
                     "max_attempts": [j.max_attempts for j in jobs],
                     "next_run_ats": [server_now + j.delay * second for j in jobs],
                     "unique_keys": [j.unique_key for j in jobs],
-                    "traces": [None] * len(jobs),
+                    "traces": [trace] * len(jobs),
                 },
             ).fetchall()
         }

@@ -159,7 +159,7 @@ def _gauge(meter: Any, name: str, callback: Callable[[CallbackOptions], Iterable
     def safe(options: CallbackOptions) -> Iterable[Observation]:
         try:
             return list(callback(options))
-        except Exception:  # noqa: BLE001 - a failed scrape must not break the worker
+        except Exception:
             log.warning("could not observe %s", name, exc_info=True)
             return []
 

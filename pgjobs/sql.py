@@ -228,10 +228,28 @@ WITH succeeded AS (
            created_at, COALESCE(%(now)s::timestamptz, now()), trace_context
     FROM dead
     RETURNING job_id
+), history AS (
+    -- Per-minute counts for charts and `pgjobs stats`; rows are sorted so concurrent
+    -- flushes lock them in the same order.
+    INSERT INTO {schema}.job_history AS h
+        (minute, queue, task, succeeded, retried, dead, duration_seconds, max_duration_seconds)
+    SELECT date_trunc('minute', COALESCE(%(now)s::timestamptz, now())), s.*
+    FROM unnest(%(h_queues)s::text[], %(h_tasks)s::text[], %(h_succeeded)s::bigint[],
+                %(h_retried)s::bigint[], %(h_dead)s::bigint[], %(h_durations)s::float8[],
+                %(h_max_durations)s::float8[]) AS s(queue, task, succeeded, retried, dead, d, m)
+    ORDER BY s.queue, s.task
+    ON CONFLICT (minute, queue, task) DO UPDATE SET
+        succeeded = h.succeeded + EXCLUDED.succeeded,
+        retried = h.retried + EXCLUDED.retried,
+        dead = h.dead + EXCLUDED.dead,
+        duration_seconds = h.duration_seconds + EXCLUDED.duration_seconds,
+        max_duration_seconds = greatest(h.max_duration_seconds, EXCLUDED.max_duration_seconds)
+    RETURNING 1
 )
 SELECT (SELECT count(*) FROM succeeded),
        (SELECT count(*) FROM retried),
-       (SELECT count(*) FROM buried)
+       (SELECT count(*) FROM buried),
+       (SELECT count(*) FROM history)
 """
 
 # Shutdown: hand unfinished jobs back without charging the attempt they were on.
@@ -297,6 +315,63 @@ WITH expired AS (
 SELECT 'rescued' AS outcome, id, queue, task FROM revived
 UNION ALL
 SELECT 'dead', job_id, queue, task FROM buried
+"""
+
+# --- workers registry and retention ------------------------------------------------------
+
+UPSERT_WORKER = """
+INSERT INTO {schema}.workers AS w
+    (id, hostname, pid, queues, concurrency, lease_seconds, jobs_in_hand, executors_busy)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s, %(lease_seconds)s,
+        %(jobs_in_hand)s, %(executors_busy)s)
+ON CONFLICT (id) DO UPDATE SET
+    last_heartbeat_at = now(),
+    jobs_in_hand = EXCLUDED.jobs_in_hand,
+    executors_busy = EXCLUDED.executors_busy
+"""
+
+DELETE_WORKER = """
+DELETE FROM {schema}.workers WHERE id = %(id)s
+"""
+
+# Age-based pruning of history, dead letters and stale worker rows. Never touches jobs;
+# dead letters go in bounded chunks so a large purge holds no long locks.
+PRUNE_HISTORY = """
+WITH history AS (
+    DELETE FROM {schema}.job_history
+    WHERE %(history_seconds)s::float8 IS NOT NULL
+      AND minute < now() - %(history_seconds)s::float8 * interval '1 second'
+    RETURNING 1
+), dead AS (
+    DELETE FROM {schema}.dead_letters
+    WHERE id IN (
+        SELECT id FROM {schema}.dead_letters
+        WHERE %(dead_letter_seconds)s::float8 IS NOT NULL
+          AND failed_at < now() - %(dead_letter_seconds)s::float8 * interval '1 second'
+        LIMIT 10000
+    )
+    RETURNING 1
+), gone AS (
+    DELETE FROM {schema}.workers
+    WHERE last_heartbeat_at < now() - interval '1 day'
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM history), (SELECT count(*) FROM dead), (SELECT count(*) FROM gone)
+"""
+
+# Finished in the last complete minute, per queue (for `pgjobs stats`).
+RECENT_THROUGHPUT = """
+SELECT queue, sum(succeeded)::bigint, sum(retried + dead)::bigint
+FROM {schema}.job_history
+WHERE minute = date_trunc('minute', now()) - interval '1 minute'
+GROUP BY queue
+"""
+
+WORKER_STATUS = """
+SELECT id, hostname, pid, queues, concurrency, started_at, last_heartbeat_at,
+       jobs_in_hand, executors_busy, alive
+FROM {schema}.worker_status
+ORDER BY started_at
 """
 
 # --- dead letters -------------------------------------------------------------------------

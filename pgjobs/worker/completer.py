@@ -28,6 +28,7 @@ log = logging.getLogger("pgjobs.worker")
 
 MAX_BATCH = 2000
 WATCHDOG_INTERVAL = 0.05
+RETENTION_INTERVAL = 600.0
 
 
 @dataclass
@@ -69,6 +70,10 @@ class Completer:
         ping: Callable[[psycopg.Connection[Any]], None] | None,
         ping_interval: float,
         rescue_interval: float,
+        register: Callable[[psycopg.Connection[Any]], None] | None = None,
+        unregister: tuple[Any, dict[str, Any]] | None = None,
+        retention: Callable[[psycopg.Connection[Any]], None] | None = None,
+        instruments: Any = None,
         on_outcomes: Callable[[list[Result]], None] | None = None,
     ) -> None:
         self._sql = sql
@@ -79,6 +84,9 @@ class Completer:
         self._results: queue.SimpleQueue[Result | None] = queue.SimpleQueue()
         self._closing = threading.Event()
         self._on_outcomes = on_outcomes
+        self._instruments = instruments
+        self._register = register
+        self._unregister = unregister
         self._timers = [
             _Timer(WATCHDOG_INTERVAL, watchdog),
             _Timer(max(0.5, lease_seconds / 3), self._heartbeat),
@@ -86,6 +94,10 @@ class Completer:
         ]
         if ping is not None:
             self._timers.append(_Timer(ping_interval, lambda: self._run_db(ping)))
+        if retention is not None:
+            timer = _Timer(RETENTION_INTERVAL, lambda: self._run_db(retention))
+            timer.due = time.monotonic() + 5.0  # soon after start, then every interval
+            self._timers.append(timer)
         self.thread = threading.Thread(target=self._loop, name="pgjobs-completer", daemon=True)
 
     def report(self, result: Result) -> None:
@@ -103,6 +115,7 @@ class Completer:
         while True:
             try:
                 if self._step():
+                    self._finish()
                     return
             except Exception:
                 log.exception("completer: unexpected error; continuing")
@@ -133,13 +146,40 @@ class Completer:
                 timer.action()
         return self._closing.is_set() and self._results.empty() and not batch
 
+    def _finish(self) -> None:
+        if self._unregister is not None:
+            try:
+                self._conn.connection().execute(*self._unregister)
+            except Exception:  # the row ages out; worker_status shows it as not alive
+                log.debug("could not remove the workers row", exc_info=True)
+        self._conn.discard()
+
     def _run_db(self, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
         return self._conn.run(fn)
 
     # --- outcomes ------------------------------------------------------------------------
 
     def flush(self, batch: list[Result]) -> None:
-        """Write a batch of outcomes: one statement (plus one for shutdown releases)."""
+        """Write a batch of outcomes: one statement (plus one for shutdown releases).
+
+        Connection errors are retried inside; any other error drops the batch's
+        outcomes and stops renewing their leases, so the jobs are rescued (run again)
+        instead of being held forever.
+        """
+        try:
+            self._write(batch)
+        except Exception:
+            self._in_hand.remove(r.job.id for r in batch)
+            log.exception("could not write %d outcome(s); their leases will expire and the "
+                          "jobs will run again", len(batch))
+            return
+        self._in_hand.remove(r.job.id for r in batch)
+        if self._instruments is not None:
+            self._record(batch)
+        if self._on_outcomes is not None:
+            self._on_outcomes(batch)
+
+    def _write(self, batch: list[Result]) -> None:
         ok = [r for r in batch if r.outcome is Outcome.SUCCEEDED]
         retry = [r for r in batch if r.outcome is Outcome.RETRY]
         dead = [r for r in batch if r.outcome is Outcome.DEAD]
@@ -156,10 +196,11 @@ class Completer:
                 "dead_ids": [r.job.id for r in dead],
                 "dead_tokens": [r.job.token for r in dead],
                 "dead_errors": [r.error or "failed" for r in dead],
+                **_history_params(batch),
             }
             row = self._run_db(lambda c: c.execute(self._sql.COMPLETE_BATCH, params).fetchone())
             if row is not None:
-                succeeded, retried, buried = row
+                succeeded, retried, buried, _ = row
                 self.stats.succeeded += succeeded
                 self.stats.retried += retried
                 self.stats.dead_lettered += buried
@@ -174,13 +215,30 @@ class Completer:
             rows = self._run_db(lambda c: c.execute(self._sql.RELEASE_JOBS, params).fetchall())
             if rows is not None:
                 self.stats.released += len(rows)
-        self._in_hand.remove(r.job.id for r in batch)
-        if self._on_outcomes is not None:
-            self._on_outcomes(batch)
+
+    def _record(self, batch: list[Result]) -> None:
+        instruments = self._instruments
+        counts: dict[tuple[str, str, str], int] = {}
+        for r in batch:
+            if r.outcome is Outcome.RELEASE:
+                continue
+            attrs = {"queue": r.job.queue, "task": r.job.task}
+            instruments.duration.record(r.duration, {**attrs, "outcome": r.outcome.value})
+            if r.pickup_latency is not None:
+                instruments.pickup.record(r.pickup_latency, attrs)
+            key = (r.job.queue, r.job.task, r.outcome.value)
+            counts[key] = counts.get(key, 0) + 1
+            if r.timed_out:
+                key = (r.job.queue, r.job.task, "timed_out")
+                counts[key] = counts.get(key, 0) + 1
+        for (queue_name, task, outcome), n in counts.items():
+            instruments.outcomes.add(n, {"queue": queue_name, "task": task, "outcome": outcome})
 
     # --- periodic duties -----------------------------------------------------------------
 
     def _heartbeat(self) -> None:
+        if self._register is not None:
+            self._run_db(self._register)
         ids, tokens = self._in_hand.snapshot()
         if not ids:
             return
@@ -208,9 +266,35 @@ class Completer:
         rescued = [r for r in rows if r[0] == "rescued"]
         buried = [r for r in rows if r[0] == "dead"]
         self.stats.rescued += len(rescued)
+        if self._instruments is not None:
+            for _, _, queue_name, task in rescued:
+                self._instruments.outcomes.add(
+                    1, {"queue": queue_name, "task": task, "outcome": "rescued"})
         if rescued:
             log.warning("rescued %d job(s) whose worker stopped renewing its lease: %s",
                         len(rescued), [r[1] for r in rescued][:20])
         if buried:
             log.warning("%d job(s) with an expired lease were out of attempts and moved to "
                         "dead_letters: %s", len(buried), [r[1] for r in buried][:20])
+
+
+def _history_params(batch: list[Result]) -> dict[str, list[Any]]:
+    """Per (queue, task) totals of a batch, as arrays for the job_history upsert."""
+    totals: dict[tuple[str, str], list[float]] = {}
+    for r in batch:
+        if r.outcome is Outcome.RELEASE:
+            continue
+        t = totals.setdefault((r.job.queue, r.job.task), [0, 0, 0, 0.0, 0.0])
+        t[{Outcome.SUCCEEDED: 0, Outcome.RETRY: 1, Outcome.DEAD: 2}[r.outcome]] += 1
+        t[3] += r.duration
+        t[4] = max(t[4], r.duration)
+    keys = sorted(totals)
+    return {
+        "h_queues": [k[0] for k in keys],
+        "h_tasks": [k[1] for k in keys],
+        "h_succeeded": [int(totals[k][0]) for k in keys],
+        "h_retried": [int(totals[k][1]) for k in keys],
+        "h_dead": [int(totals[k][2]) for k in keys],
+        "h_durations": [totals[k][3] for k in keys],
+        "h_max_durations": [totals[k][4] for k in keys],
+    }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import datetime as dt
 import inspect
 import logging
 import queue
@@ -27,6 +28,7 @@ import psycopg
 
 from ..context import JobContext, reset_current, set_current
 from ..retry import is_permanent, retry_delay
+from ..tracing import end_process_span, get_tracer, process_span
 from .jobs import ClaimedJob, Outcome, Result
 
 if TYPE_CHECKING:
@@ -72,8 +74,10 @@ class ExecutorPool:
         on_finished: Callable[[], None],
         borrow: Callable[[], AbstractContextManager[psycopg.Connection[Any]]],
         worker_name: str,
+        tracer: Any = None,
     ) -> None:
         self._app = app
+        self._tracer = tracer if tracer is not None else get_tracer(None)
         self._buffer = buffer
         self._report = report
         self._on_finished = on_finished
@@ -170,14 +174,24 @@ class ExecutorPool:
     def _run(self, slot: _Slot, generation: int, job: ClaimedJob) -> Result:
         task = self._app.tasks.get(job.task)
         started = time.monotonic()
+        pickup = (dt.datetime.now(dt.UTC) - job.due_at).total_seconds()
         timeout = task.timeout if task is not None else None
         with slot.lock:
             slot.current = _Running(job, started, started + timeout if timeout else None)
+        with process_span(self._tracer, queue=job.queue, task=job.task, job_id=job.id,
+                          attempt=job.attempt, trace_context=job.trace_context) as span:
+            result, exc = self._execute(job, task, started, timeout)
+            end_process_span(span, result.outcome.value, exc)
+        result.pickup_latency = max(0.0, pickup)
+        return result
+
+    def _execute(self, job: ClaimedJob, task: Any, started: float, timeout: float | None
+                 ) -> tuple[Result, BaseException | None]:
         if task is None:
-            return Result(job, Outcome.DEAD, error=self._unknown_task(job))
+            return Result(job, Outcome.DEAD, error=self._unknown_task(job)), None
         problem = self._argument_problem(job, task.fn)
         if problem:
-            return Result(job, Outcome.DEAD, error=problem)
+            return Result(job, Outcome.DEAD, error=problem), None
         ctx = JobContext(
             id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
             max_attempts=job.max_attempts, args=job.args, enqueued_at=job.created_at,
@@ -188,13 +202,13 @@ class ExecutorPool:
             outcome = task.fn(**job.args)
             if inspect.isawaitable(outcome):
                 asyncio.run(_await(outcome))
-        except JobTimeout:
-            return self._timeout_result(job, timeout or 0.0, time.monotonic() - started)
+        except JobTimeout as exc:
+            return self._timeout_result(job, timeout or 0.0, time.monotonic() - started), exc
         except BaseException as exc:
-            return self.failure(job, exc, time.monotonic() - started)
+            return self.failure(job, exc, time.monotonic() - started), exc
         finally:
             reset_current(token)
-        return Result(job, Outcome.SUCCEEDED, duration=time.monotonic() - started)
+        return Result(job, Outcome.SUCCEEDED, duration=time.monotonic() - started), None
 
     # --- outcomes ------------------------------------------------------------------------
 

@@ -98,6 +98,7 @@ class Fetcher:
             except Exception:
                 log.exception("fetcher: unexpected error; retrying in 1s")
                 self._stopping.wait(1.0)
+        self._conn.discard()
 
     def _wait_for_capacity_and_reason(self) -> int:
         with self._cv:

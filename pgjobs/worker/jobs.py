@@ -52,3 +52,4 @@ class Result:
     delay: float = 0.0
     duration: float = 0.0
     timed_out: bool = False
+    pickup_latency: float | None = None

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from ..errors import ConfigurationError, SchemaMissingError
+from ..metrics import WorkerInstruments
+from ..tracing import get_tracer
 from .completer import Completer, WorkerStats
 from .dbconn import ResilientConnection
 from .executor import ExecutorPool
@@ -48,6 +50,8 @@ DEFAULT_CONCURRENCY = 10
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 DEFAULT_LEASE_TIMEOUT = 30.0
 DEFAULT_POLL_INTERVAL = 2.0
+DEFAULT_HISTORY_RETENTION = 7 * 86400.0  # job_history rows (per-minute counts)
+DEFAULT_DEAD_LETTER_RETENTION = 30 * 86400.0
 
 
 def internal_connections(poll_only: bool) -> int:
@@ -77,6 +81,8 @@ class Worker:
         prefetch: int | None = None,
         ping_interval: float = 5.0,
         ping_timeout: float = 10.0,
+        history_retention: float | None = DEFAULT_HISTORY_RETENTION,
+        dead_letter_retention: float | None = DEFAULT_DEAD_LETTER_RETENTION,
         install_signal_handlers: bool = True,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -107,6 +113,9 @@ class Worker:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.install_signal_handlers = install_signal_handlers
+        # None or 0: keep forever.
+        self.history_retention = history_retention or None
+        self.dead_letter_retention = dead_letter_retention or None
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.stats = WorkerStats()
         self.started = threading.Event()
@@ -159,11 +168,20 @@ class Worker:
             raise ConfigurationError(describe_connect_error(exc, url)) from exc
         if not row or not row[0]:
             raise SchemaMissingError(self.app.schema)
+        from ..migrate import current_revision, head_revision
+
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            revision = current_revision(conn, self.app.schema)
+        if revision != head_revision():
+            raise ConfigurationError(
+                f"pgjobs schema {self.app.schema!r} is at revision {revision}, this version "
+                f"needs {head_revision()}: run `pgjobs migrate`"
+            )
 
     def _start(self, url: str) -> None:
         self._stopping = threading.Event()  # claimers stop
         self._abort = threading.Event()  # outcome writes give up (hard deadline)
-        name = f"pgjobs worker {self.id}"[:63]
+        name = self._application_name = f"pgjobs worker {self.id}"[:63]
         self._in_hand = InHand()
         self._buffer: queue.SimpleQueue[ClaimedJob | None] = queue.SimpleQueue()
         self._url = url
@@ -180,6 +198,12 @@ class Worker:
                 application_name=name,
             )
         executors_ref: list[ExecutorPool] = []
+        self.instruments = WorkerInstruments(
+            self.app.meter_provider,
+            executors=lambda: (self.concurrency,
+                               executors_ref[0].busy() if executors_ref else 0),
+            queue_rows=self._queue_rows,
+        )
         self.completer = Completer(
             self.app.sql, ResilientConnection(url, "complete", self._abort, name),
             in_hand=self._in_hand, lease_seconds=self.lease_timeout, stats=self.stats,
@@ -187,12 +211,14 @@ class Worker:
             ping=self.listener.send_ping if self.listener else None,
             ping_interval=self.ping_interval,
             rescue_interval=min(5.0, max(0.5, self.lease_timeout / 4)),
+            register=self._register, retention=self._prune,
+            unregister=(self.app.sql.DELETE_WORKER, {"id": self.id}), instruments=self.instruments,
             on_outcomes=lambda batch: self.on_outcomes(batch) if self.on_outcomes else None,
         )
         self.executors = ExecutorPool(
             self.app, self.concurrency, self._buffer, report=self.completer.report,
             on_finished=self.fetcher.job_finished, borrow=self._borrow_connection,
-            worker_name=self.id,
+            worker_name=self.id, tracer=get_tracer(self.app.tracer_provider),
         )
         executors_ref.append(self.executors)
         self.completer.thread.start()
@@ -201,8 +227,38 @@ class Worker:
             self.listener.thread.start()
         self.fetcher.thread.start()
 
+    def _register(self, conn: psycopg.Connection[Any]) -> None:
+        """Upsert this worker's row in ``workers`` (with each heartbeat)."""
+        conn.execute(self.app.sql.UPSERT_WORKER, {
+            "id": self.id, "hostname": socket.gethostname(), "pid": os.getpid(),
+            "queues": self.queues, "concurrency": self.concurrency,
+            "lease_seconds": self.lease_timeout, "jobs_in_hand": len(self._in_hand),
+            "executors_busy": self.executors.busy() if self.executors else 0,
+        })
+
+    def _prune(self, conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute(self.app.sql.PRUNE_HISTORY, {
+            "history_seconds": self.history_retention,
+            "dead_letter_seconds": self.dead_letter_retention,
+        }).fetchone()
+        if row and any(row):
+            log.info("retention: pruned %d history row(s), %d dead letter(s), %d stale "
+                     "worker row(s)", *row)
+
+    def _queue_rows(self) -> list[dict[str, Any]] | None:
+        """Per-queue counts for the metrics gauges, on a pooled connection."""
+        from ..admin import queue_stats
+
+        try:
+            with self._borrow_connection(timeout=2.0) as conn:
+                return queue_stats(conn, self.app.sql)
+        except Exception:
+            log.warning("could not read queue depth for metrics", exc_info=True)
+            return None
+
     @contextmanager
-    def _borrow_connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def _borrow_connection(self, timeout: float | None = None
+                           ) -> Iterator[psycopg.Connection[Any]]:
         with self._handler_pool_lock:
             if self._handler_pool is None:
                 from psycopg_pool import ConnectionPool
@@ -213,8 +269,9 @@ class Worker:
                     self._url, min_size=0,
                     max_size=self.pool_size - internal_connections(self.poll_only),
                     open=True, name="pgjobs-handlers", timeout=30,
+                    kwargs={"application_name": self._application_name},
                 )
-        with self._handler_pool.connection() as conn:
+        with self._handler_pool.connection(timeout=timeout) as conn:
             yield conn
 
     # --- stop ----------------------------------------------------------------------------

@@ -1,0 +1,79 @@
+"""OpenTelemetry traces, following the messaging semantic conventions.
+
+Enqueue opens a PRODUCER span ``send <queue>`` and stores its context (W3C trace
+context) in ``jobs.trace_context``; each execution opens a CONSUMER span
+``process <queue>`` linked to it, with job id, task, attempt and outcome. With no SDK
+configured the spans are no-ops and nothing is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+TRACER_NAME = "pgjobs"
+SYSTEM = "pgjobs"
+
+
+def get_tracer(provider: Any | None) -> trace.Tracer:
+    """The pgjobs tracer from ``provider`` (default: the global provider)."""
+    return trace.get_tracer(TRACER_NAME, tracer_provider=provider)
+
+
+@contextmanager
+def send_span(tracer: trace.Tracer, queue: str, task: str, count: int = 1
+              ) -> Iterator[tuple[trace.Span, dict[str, str] | None]]:
+    """The producer span, and the carrier to store with the job (None when not sampled)."""
+    attributes = {
+        "messaging.system": SYSTEM,
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "send",
+        "messaging.destination.name": queue,
+        "pgjobs.task": task,
+    }
+    if count != 1:
+        attributes["messaging.batch.message_count"] = count
+    with tracer.start_as_current_span(f"send {queue}", kind=SpanKind.PRODUCER,
+                                      attributes=attributes) as span:
+        carrier: dict[str, str] | None = None
+        if span.is_recording():
+            carrier = {}
+            propagate.inject(carrier)
+        yield span, carrier
+
+
+@contextmanager
+def process_span(tracer: trace.Tracer, *, queue: str, task: str, job_id: int, attempt: int,
+                 trace_context: Any) -> Iterator[trace.Span]:
+    """The consumer span of one attempt, linked to the enqueueing span if known."""
+    links = []
+    if isinstance(trace_context, dict) and trace_context:
+        producer = trace.get_current_span(propagate.extract(trace_context)).get_span_context()
+        if producer.is_valid:
+            links.append(Link(producer))
+    with tracer.start_as_current_span(
+        f"process {queue}", kind=SpanKind.CONSUMER, links=links,
+        record_exception=False, set_status_on_exception=False,
+        attributes={
+            "messaging.system": SYSTEM,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": queue,
+            "messaging.message.id": str(job_id),
+            "pgjobs.task": task,
+            "pgjobs.attempt": attempt,
+        },
+    ) as span:
+        yield span
+
+
+def end_process_span(span: trace.Span, outcome: str, exc: BaseException | None) -> None:
+    """Record how the attempt ended on its span."""
+    span.set_attribute("pgjobs.outcome", outcome)
+    if exc is not None:
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200]))
