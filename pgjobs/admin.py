@@ -39,6 +39,31 @@ def queue_stats(conn: Any, sql: Statements) -> list[dict[str, Any]]:
     ]
 
 
+def queue_report(conn: Any, sql: Statements) -> list[dict[str, Any]]:
+    """:func:`queue_stats` plus last minute's throughput and how full each queue is."""
+    rows = queue_stats(conn, sql)
+    recent = {
+        r[0]: (r[1], r[2])
+        for r in raw_connection(conn).execute(sql.RECENT_THROUGHPUT).fetchall()
+    }
+    for row in rows:
+        succeeded, failed = recent.get(row["queue"], (0, 0))
+        row["succeeded_last_minute"] = succeeded
+        row["failed_last_minute"] = failed
+        limit = row["limit"]
+        held = row["pending"] + row["scheduled"]
+        row["limit_used"] = None if not limit else round(held / limit, 4)
+    return rows
+
+
+def worker_status(conn: Any, sql: Statements) -> list[dict[str, Any]]:
+    """Registered workers (alive or not), oldest first."""
+    fields = ("id", "hostname", "pid", "queues", "concurrency", "started_at",
+              "last_heartbeat_at", "jobs_in_hand", "executors_busy", "alive")
+    rows = raw_connection(conn).execute(sql.WORKER_STATUS).fetchall()
+    return [dict(zip(fields, r, strict=True)) for r in rows]
+
+
 DEAD_LETTER_FIELDS = (
     "id", "job_id", "queue", "task", "args", "priority", "attempts", "max_attempts", "error",
     "created_at", "failed_at",

@@ -100,6 +100,7 @@ class WorkerInstruments:
             explicit_bucket_boundaries_advisory=LATENCY_BUCKETS)
         self.outcomes = _counter(meter, "pgjobs.jobs.outcomes")
         self._cached: list[dict[str, Any]] | None = None
+        self._seen: set[str] = set()
         self._gauges = [
             _gauge(meter, "pgjobs.worker.executors", self._observe_total),
             _gauge(meter, "pgjobs.worker.executors.active", self._observe_active),
@@ -117,10 +118,21 @@ class WorkerInstruments:
 
     def _rows(self) -> list[dict[str, Any]]:
         # The depth gauge runs first in each collection and reads the database once;
-        # the other queue gauges reuse its rows.
+        # the other queue gauges reuse its rows. A queue that emptied completely has no
+        # row any more: report it as zero rather than let its series vanish.
         rows = self._queue_rows()
-        self._cached = rows or []
-        return self._cached
+        if rows is None:  # database unreachable: report nothing rather than zeros
+            self._cached = []
+            return []
+        present = {row["queue"] for row in rows}
+        rows = rows + [
+            {"queue": q, "pending": 0, "scheduled": 0, "running": 0, "dead": 0,
+             "oldest_pending_age_seconds": None, "limit": None}
+            for q in sorted(self._seen - present)
+        ]
+        self._seen |= present
+        self._cached = rows
+        return rows
 
     def _observe_depth(self, options: CallbackOptions) -> Iterable[Observation]:
         for row in self._rows():

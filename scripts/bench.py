@@ -267,20 +267,24 @@ def jobs_table(schema: str) -> sql.Identifier:
 class Settler:
     """Puts a jobs table in the same state before every timed run (see module doc)."""
 
-    def __init__(self, url: str, checkpoint: bool) -> None:
+    def __init__(self, url: str, checkpoint: bool, analyze: bool) -> None:
         self.conn = psycopg.connect(url, autocommit=True)
         self.checkpoint = checkpoint
+        self.analyze = analyze
 
     def truncate(self, schema: str) -> None:
         self.conn.execute(sql.SQL("TRUNCATE {}").format(jobs_table(schema)))
 
     def settle(self, schema: str) -> None:
-        self.conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(jobs_table(schema)))
+        if self.analyze:
+            # What autovacuum/autoanalyze would have done to a table that filled up over
+            # time (the migration asks for it after 5,000 inserts).
+            self.conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(jobs_table(schema)))
         if self.checkpoint:
             try:
                 self.conn.execute("CHECKPOINT")
             except psycopg.errors.InsufficientPrivilege:
-                self.checkpoint = False  # reported in the settings' "checkpoint" line
+                self.checkpoint = False
                 print("  (CHECKPOINT not permitted for this role; skipping it)")
 
     def close(self) -> None:
@@ -349,6 +353,8 @@ class WorkerThread:
         self.timeout = timeout
         self.error: BaseException | None = None
         self.started_at = 0.0
+        self.stop_seconds = float("nan")
+        self.lingering = False
         self.thread = threading.Thread(target=self._run, name="bench-worker", daemon=True)
 
     def _run(self) -> None:
@@ -371,16 +377,42 @@ class WorkerThread:
         if perf() - self.started_at > self.timeout:
             raise TimeoutError(f"benchmark did not finish within --timeout {self.timeout:g}s")
 
-    def wait_until(self, condition: Callable[[], bool], interval: float = 0.005) -> None:
+    def wait_until(self, condition: Callable[[], bool], interval: float = 0.005,
+                   deadline: float | None = None) -> bool:
+        """Wait for ``condition``; False if ``deadline`` (perf_counter) passed first."""
         while not condition():
             self.check()
+            if deadline is not None and perf() >= deadline:
+                return False
             time.sleep(interval)
+        return True
 
     def stop(self) -> None:
+        t0 = perf()
         self.worker.stop()
-        self.thread.join(timeout=60)
+        self.thread.join(timeout=120)
+        # run() may return while its completer thread still writes outcomes (it gives
+        # up waiting after a while); wait for it too, or it would write into the next
+        # benchmark's measurements (or into a dropped schema).
+        completer = getattr(self.worker, "completer", None)
+        if completer is not None and completer.thread.is_alive():
+            self.lingering = True
+            completer.thread.join(timeout=120)
+        self.stop_seconds = perf() - t0
         if self.thread.is_alive():
-            print("  warning: worker did not stop within 60 s", file=sys.stderr)
+            print("  warning: worker did not stop within 120 s", file=sys.stderr)
+
+    def params(self) -> dict[str, Any]:
+        """Worker-side facts worth keeping next to a rate."""
+        stats = self.worker.stats
+        fetcher = self.worker.fetcher
+        return {
+            "claims": fetcher.claims if fetcher is not None else None,
+            "retried": stats.retried, "dead_lettered": stats.dead_lettered,
+            "released_at_stop": stats.released, "lost_leases": stats.lost_leases,
+            "stop_seconds": round(self.stop_seconds, 2),
+            "completer_outlived_run": self.lingering,
+        }
 
 
 @contextmanager
@@ -409,13 +441,24 @@ def _single_task(app: pgjobs.App) -> pgjobs.Task[Any, Any]:
     return app.task(name="bench.enqueue.noop", queue=QUEUE)(noop)
 
 
+def _ratios(a: list[float], b: list[float]) -> list[float]:
+    return [round(x / y, 3) for x, y in zip(a, b, strict=True)]
+
+
+def _rounded(values: list[float]) -> list[float]:
+    return [round(v, 1) for v in values]
+
+
 def bench_enqueue(cfg: argparse.Namespace, report: Report) -> None:
     url = cfg.database_url
     print("\n== enqueue", flush=True)
-    settler = Settler(url, cfg.checkpoint)
+    settler = Settler(url, cfg.checkpoint, cfg.settle)
     with ExitStack() as stack:
         stack.callback(settler.close)
-        variants = ("baseline", "nolimit", "limit")
+        # tx_insert is a diagnostic: the bare INSERT again, but in an explicit psycopg
+        # transaction + commit() (the shape of every pgjobs enqueue), so the report can
+        # tell the cost of the transaction protocol from the cost of pgjobs.
+        variants = ("baseline", "tx_insert", "nolimit", "limit")
         schemas = {v: stack.enter_context(fresh_schema(url, f"enq_{v}")) for v in variants}
         apps = {v: pgjobs.App(url, schema=schemas[v]) for v in variants}
         tasks = {v: _single_task(apps[v]) for v in variants}
@@ -426,16 +469,23 @@ def bench_enqueue(cfg: argparse.Namespace, report: Report) -> None:
         # caches stay warm for every round alike.
         base_conn = stack.enter_context(psycopg.connect(url, autocommit=True))
         tx_conns = {v: stack.enter_context(psycopg.connect(url)) for v in variants[1:]}
-        insert = (sql.SQL("INSERT INTO {} (queue, task, args) VALUES (%s, %s, %s::jsonb)")
-                  .format(jobs_table(schemas["baseline"])).as_string(base_conn))
+        inserts = {
+            v: sql.SQL("INSERT INTO {} (queue, task, args) VALUES (%s, %s, %s::jsonb)")
+            .format(jobs_table(schemas[v])).as_string(base_conn)
+            for v in ("baseline", "tx_insert")
+        }
         task_name = tasks["baseline"].name
 
         def run_single(variant: str, n: int, offset: int = 0) -> float:
-            if variant == "baseline":
-                cur = base_conn.cursor()
+            if variant in inserts:
+                conn = base_conn if variant == "baseline" else tx_conns[variant]
+                cur, insert = conn.cursor(), inserts[variant]
+                commit = None if variant == "baseline" else conn.commit
                 t0 = perf()
                 for i in range(offset, offset + n):
                     cur.execute(insert, (QUEUE, task_name, f'{{"i":{i}}}'))
+                    if commit is not None:
+                        commit()
                 return perf() - t0
             conn, task = tx_conns[variant], tasks[variant]
             t0 = perf()
@@ -458,8 +508,8 @@ def bench_enqueue(cfg: argparse.Namespace, report: Report) -> None:
         rates: dict[str, list[float]] = {v: [] for v in variants}
         for r in range(cfg.rounds):
             # Rotate the order each round so drift does not always hit the same variant.
-            order = variants[r % 3:] + variants[:r % 3]
-            for v in order:
+            k = r % len(variants)
+            for v in variants[k:] + variants[:k]:
                 reset(v)
                 elapsed = run_single(v, cfg.single_n)
                 rates[v].append(cfg.single_n / elapsed)
@@ -468,28 +518,47 @@ def bench_enqueue(cfg: argparse.Namespace, report: Report) -> None:
         med = {v: statistics.median(rates[v]) for v in variants}
         common = {"n": cfg.single_n, "rounds": cfg.rounds, "pending_at_start": cfg.pending}
         report.add("enqueue.single.baseline_insert", med["baseline"], "tx/s",
-                   per_round=rates["baseline"], **common)
+                   per_round=_rounded(rates["baseline"]), **common)
         report.add("enqueue.single.nolimit", med["nolimit"], "jobs/s",
-                   per_round=rates["nolimit"], **common)
+                   per_round=_rounded(rates["nolimit"]), **common)
         report.add("enqueue.single.nolimit_vs_baseline", med["nolimit"] / med["baseline"],
-                   "ratio", per_round=[a / b for a, b in zip(
-                       rates["nolimit"], rates["baseline"], strict=True)])
-        report.add("enqueue.single.limit", med["limit"], "jobs/s", per_round=rates["limit"],
-                   queue_limit=cfg.limit, **common)
+                   "ratio", per_round=_ratios(rates["nolimit"], rates["baseline"]))
+        report.add("enqueue.single.limit", med["limit"], "jobs/s",
+                   per_round=_rounded(rates["limit"]), queue_limit=cfg.limit, **common)
         report.add("enqueue.single.limit_vs_baseline", med["limit"] / med["baseline"], "ratio",
-                   target_min=0.90, per_round=[a / b for a, b in zip(
-                       rates["limit"], rates["baseline"], strict=True)])
+                   target_min=0.90, per_round=_ratios(rates["limit"], rates["baseline"]))
         report.add("enqueue.single.limit_vs_nolimit", med["limit"] / med["nolimit"], "ratio",
-                   target_min=0.80, per_round=[a / b for a, b in zip(
-                       rates["limit"], rates["nolimit"], strict=True)])
+                   target_min=0.80, per_round=_ratios(rates["limit"], rates["nolimit"]))
+        report.add("enqueue.single.diag.tx_insert", med["tx_insert"], "tx/s",
+                   per_round=_rounded(rates["tx_insert"]),
+                   what="bare INSERT in a psycopg transaction + commit()", **common)
+        report.add("enqueue.single.diag.tx_insert_vs_baseline",
+                   med["tx_insert"] / med["baseline"], "ratio",
+                   per_round=_ratios(rates["tx_insert"], rates["baseline"]))
+        report.add("enqueue.single.diag.limit_vs_tx_insert", med["limit"] / med["tx_insert"],
+                   "ratio", per_round=_ratios(rates["limit"], rates["tx_insert"]))
 
         # --- bulk
         print(f"  bulk: {cfg.bulk_reps} x enqueue_many of {cfg.bulk_n:,} jobs per variant, "
-              "alternating", flush=True)
+              "alternating, plus the server-side INSERT ... SELECT ceiling", flush=True)
         bulk: dict[str, list[tuple[float, float]]] = {"nolimit": [], "limit": []}
+        server_rates: list[float] = []
+        ceiling = (sql.SQL("INSERT INTO {} (queue, task, args) SELECT %s, %s, "
+                           "jsonb_build_object('i', g) FROM generate_series(1, %s) AS g")
+                   .format(jobs_table(schemas["baseline"])).as_string(base_conn))
         for rep in range(cfg.bulk_reps):
-            order = ("nolimit", "limit") if rep % 2 == 0 else ("limit", "nolimit")
+            order = ("nolimit", "limit", "server") if rep % 2 == 0 else (
+                "server", "limit", "nolimit")
             for v in order:
+                if v == "server":
+                    # Same rows, no client at all: what the server alone can insert here.
+                    reset("baseline")
+                    with psycopg.connect(url) as conn:
+                        t0 = perf()
+                        conn.execute(ceiling, (QUEUE, task_name, cfg.bulk_n))
+                        conn.commit()
+                        server_rates.append(cfg.bulk_n / (perf() - t0))
+                    continue
                 reset(v)
                 conn, task, app = tx_conns[v], tasks[v], apps[v]
                 t0 = perf()
@@ -502,23 +571,31 @@ def bench_enqueue(cfg: argparse.Namespace, report: Report) -> None:
                 bulk[v].append((cfg.bulk_n / (t2 - t0), cfg.bulk_n / (t2 - t1)))
                 print(f"  bulk {v}: {bulk[v][-1][0]:,.0f}/s "
                       f"({bulk[v][-1][1]:,.0f}/s excluding spec building)", flush=True)
+            print(f"  bulk server-side INSERT ... SELECT: {server_rates[-1]:,.0f}/s", flush=True)
         for v in ("nolimit", "limit"):
             incl = [b[0] for b in bulk[v]]
             excl = [b[1] for b in bulk[v]]
-            p = {"n": cfg.bulk_n, "reps": cfg.bulk_reps, "per_rep": incl,
-                 "pending_at_start": cfg.pending}
+            p: dict[str, Any] = {"n": cfg.bulk_n, "reps": cfg.bulk_reps,
+                                 "pending_at_start": cfg.pending}
             if v == "limit":
                 p["queue_limit"] = cfg.limit
-            report.add(f"enqueue.bulk.{v}.best", max(incl), "jobs/s", target_min=150_000, **p)
+            report.add(f"enqueue.bulk.{v}.best", max(incl), "jobs/s", target_min=150_000,
+                       per_rep=_rounded(incl), **p)
             report.add(f"enqueue.bulk.{v}.median", statistics.median(incl), "jobs/s",
-                       target_min=150_000, **p)
+                       target_min=150_000, per_rep=_rounded(incl), **p)
             report.add(f"enqueue.bulk.{v}.best_excl_specs", max(excl), "jobs/s",
-                       **{**p, "per_rep": excl})
+                       per_rep=_rounded(excl), **p)
             report.add(f"enqueue.bulk.{v}.median_excl_specs", statistics.median(excl),
-                       "jobs/s", **{**p, "per_rep": excl})
+                       "jobs/s", per_rep=_rounded(excl), **p)
+        nolimit_median = statistics.median(b[0] for b in bulk["nolimit"])
         report.add("enqueue.bulk.limit_vs_nolimit",
-                   statistics.median(b[0] for b in bulk["limit"])
-                   / statistics.median(b[0] for b in bulk["nolimit"]), "ratio")
+                   statistics.median(b[0] for b in bulk["limit"]) / nolimit_median, "ratio")
+        server_median = statistics.median(server_rates)
+        report.add("enqueue.bulk.diag.server_insert_select", server_median, "jobs/s",
+                   per_rep=_rounded(server_rates), n=cfg.bulk_n,
+                   what="INSERT ... SELECT generate_series of the same rows, no client")
+        report.add("enqueue.bulk.diag.nolimit_vs_server", nolimit_median / server_median,
+                   "ratio")
 
 
 # --- work ---------------------------------------------------------------------------------
@@ -531,20 +608,29 @@ def _noop_task(app: pgjobs.App) -> pgjobs.Task[Any, Any]:
     return app.task(name="bench.work.noop", queue=QUEUE)(noop)
 
 
+def _prepare(cfg: argparse.Namespace, app: pgjobs.App, task: pgjobs.Task[Any, Any],
+             count: int) -> None:
+    seed(cfg.database_url, app, task, count)
+    settler = Settler(cfg.database_url, cfg.checkpoint, cfg.settle)
+    try:
+        settler.settle(app.schema)
+    finally:
+        settler.close()
+
+
 def drain(cfg: argparse.Namespace, label: str, concurrency: int, n: int,
           make_task: Callable[[pgjobs.App], pgjobs.Task[Any, Any]],
           sample_rss: bool = False) -> dict[str, Any]:
-    """Pre-insert n jobs, start a worker, time until the jobs table is empty."""
+    """Pre-insert n jobs, start a worker, time until the jobs table is empty.
+
+    Gives up after ``--drain-timeout`` seconds and then reports the outcomes written so
+    far per second, marked incomplete (a far-too-slow worker should not stall the run).
+    """
     url = cfg.database_url
     with fresh_schema(url, label) as schema:
         app = pgjobs.App(url, schema=schema)
         task = make_task(app)
-        seed(url, app, task, n)
-        settler = Settler(url, cfg.checkpoint)
-        try:
-            settler.settle(schema)
-        finally:
-            settler.close()
+        _prepare(cfg, app, task, n)
         flushes: list[tuple[float, int]] = []
         with psycopg.connect(url, autocommit=True) as mon:
             empty = (sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})")
@@ -555,28 +641,48 @@ def drain(cfg: argparse.Namespace, label: str, concurrency: int, n: int,
                                 on_flush=lambda t, s: flushes.append((t, s))) as runner:
                 t0 = runner.start()
                 next_poll = t0
+                complete = False
                 while True:
                     next_poll += cfg.poll_interval
                     time.sleep(max(0.0, next_poll - perf()))
                     if sample_rss:
                         rss_peak = max(rss_peak, current_rss_bytes())
                     row = mon.execute(empty).fetchone()
+                    t_end = perf()
                     if row and row[0]:
-                        t_end = perf()
+                        complete = True
                         break
                     runner.check()
+                    if t_end - t0 > cfg.drain_timeout:
+                        break
                 succeeded = runner.worker.stats.succeeded
-    # The completer's last flush is the exact moment the last row was deleted.
-    last_flush = next((t for t, s in flushes if s >= n), float("nan"))
+            worker_params = runner.params()
+    if complete:
+        rate = n / (t_end - t0)
+        # The completer's last flush is the exact moment the last row was deleted.
+        last = next((t for t, s in flushes if s >= n), float("nan"))
+        exact = n / (last - t0)
+    else:
+        done_at, done = flushes[-1] if flushes else (t_end, 0)
+        rate = exact = done / (done_at - t0)
     return {
-        "rate": n / (t_end - t0),
-        "seconds": t_end - t0,
-        "exact_rate": n / (last_flush - t0),
-        "succeeded": succeeded,
-        "flushes": len(flushes),
-        "rss_before": rss_before,
-        "rss_peak": rss_peak,
+        "rate": rate, "exact_rate": exact, "seconds": t_end - t0, "complete": complete,
+        "succeeded": succeeded, "flushes": len(flushes), "rss_before": rss_before,
+        "rss_peak": rss_peak, "worker": worker_params,
     }
+
+
+def _report_drain(report: Report, cfg: argparse.Namespace, name: str, out: dict[str, Any],
+                  n: int, concurrency: int, **extra: Any) -> None:
+    report.add(name, out["rate"], "jobs/s", n=n, concurrency=concurrency,
+               seconds=round(out["seconds"], 3), complete=out["complete"],
+               rate_to_last_flush=round(out["exact_rate"], 1),
+               poll_interval=cfg.poll_interval, flushes=out["flushes"], **out["worker"],
+               **extra)
+    if not out["complete"]:
+        report.note(f"{name}: the table was not empty after --drain-timeout "
+                    f"{cfg.drain_timeout:g}s ({out['succeeded']:,} of {n:,} jobs done); "
+                    "the rate is the outcomes written per second until then")
 
 
 def bench_work(cfg: argparse.Namespace, report: Report) -> None:
@@ -587,10 +693,7 @@ def bench_work(cfg: argparse.Namespace, report: Report) -> None:
     for c in concurrencies:
         print(f"  drain {cfg.drain_n:,} no-op jobs at concurrency {c}", flush=True)
         out = drain(cfg, f"drain_c{c}", c, cfg.drain_n, _noop_task, sample_rss=(c == 100))
-        report.add(f"work.drain.c{c}", out["rate"], "jobs/s", n=cfg.drain_n, concurrency=c,
-                   seconds=round(out["seconds"], 3),
-                   rate_to_last_flush=round(out["exact_rate"], 1),
-                   poll_interval=cfg.poll_interval, flushes=out["flushes"])
+        _report_drain(report, cfg, f"work.drain.c{c}", out, cfg.drain_n, c)
         if c == 100:
             report.add("work.drain.c100.peak_rss", maxrss_mib(), "MiB",
                        what="ru_maxrss of the whole benchmark process so far",
@@ -611,9 +714,8 @@ def bench_work(cfg: argparse.Namespace, report: Report) -> None:
     c = cfg.sleep_concurrency
     print(f"  drain {cfg.sleep_n:,} 10 ms jobs at concurrency {c}", flush=True)
     out = drain(cfg, "sleep", c, cfg.sleep_n, nap_task)
-    report.add(f"work.sleep10ms.c{c}", out["rate"], "jobs/s", target_min=4000,
-               n=cfg.sleep_n, concurrency=c, seconds=round(out["seconds"], 3),
-               rate_to_last_flush=round(out["exact_rate"], 1), ideal=c / 0.01)
+    _report_drain(report, cfg, f"work.sleep10ms.c{c}", out, cfg.sleep_n, c, ideal=c / 0.01)
+    report.results[-1].params["target_min"] = 4000
     report.add(f"work.sleep10ms.c{c}_vs_ideal", out["rate"] / (c / 0.01), "ratio")
 
     # 3. pickup latency
@@ -656,7 +758,6 @@ def bench_latency(cfg: argparse.Namespace, report: Report) -> None:
                 committed = perf()
                 if not ran.wait(timeout=5.0):
                     missed += 1
-                    runner.check()
                     runner.wait_until(lambda: seq in started)  # noqa: B023 (called now)
                 if seq >= cfg.latency_warmup:
                     latencies.append((started[seq] - committed) * 1000)
@@ -682,12 +783,7 @@ def backlog_run(cfg: argparse.Namespace, pending: int) -> dict[str, Any]:
         app = pgjobs.App(url, schema=schema)
         task = _noop_task(app)
         t_seed = perf()
-        seed(url, app, task, pending)
-        settler = Settler(url, cfg.checkpoint)
-        try:
-            settler.settle(schema)
-        finally:
-            settler.close()
+        _prepare(cfg, app, task, pending)
         print(f"    {pending:,} pending (seeded and settled in {perf() - t_seed:.1f} s)",
               flush=True)
         flushes: list[tuple[float, int]] = []
@@ -700,16 +796,23 @@ def backlog_run(cfg: argparse.Namespace, pending: int) -> dict[str, Any]:
 
         with running_worker(app, cfg.backlog_concurrency, cfg.timeout, on_flush) as runner:
             t0 = runner.start()
-            runner.wait_until(reached.is_set, interval=0.02)
-    ta, sa = next((t, s) for t, s in flushes if s >= warm)
-    tb, sb = next((t, s) for t, s in flushes if s >= end_at)
-    return {"rate": (sb - sa) / (tb - ta), "from_start_rate": sb / (tb - t0),
-            "window": [sa, sb], "pending": pending}
+            complete = runner.wait_until(reached.is_set, interval=0.02,
+                                         deadline=t0 + cfg.drain_timeout)
+        worker_params = runner.params()
+    if complete:
+        tb, sb = next((t, s) for t, s in flushes if s >= end_at)
+    else:
+        tb, sb = flushes[-1] if flushes else (perf(), 0)
+    ta, sa = next(((t, s) for t, s in flushes if s >= warm), (t0, 0))
+    rate = (sb - sa) / (tb - ta) if tb > ta else float("nan")
+    return {"rate": rate, "from_start_rate": sb / (tb - t0), "window": [sa, sb],
+            "pending": pending, "complete": complete, "worker": worker_params}
 
 
 def bench_backlog(cfg: argparse.Namespace, report: Report) -> None:
     print(f"  backlog: {cfg.backlog_small:,} vs {cfg.backlog_large:,} pending, concurrency "
           f"{cfg.backlog_concurrency}, small / large / small", flush=True)
+    # Small before and after large, averaged, so drift during the long large case cancels.
     small1 = backlog_run(cfg, cfg.backlog_small)
     large = backlog_run(cfg, cfg.backlog_large)
     small2 = backlog_run(cfg, cfg.backlog_small)
@@ -719,12 +822,19 @@ def bench_backlog(cfg: argparse.Namespace, report: Report) -> None:
                runs=[round(small1["rate"], 1), round(small2["rate"], 1)],
                window=small1["window"],
                from_start_rate=[round(small1["from_start_rate"], 1),
-                                round(small2["from_start_rate"], 1)], **common)
+                                round(small2["from_start_rate"], 1)],
+               complete=small1["complete"] and small2["complete"],
+               worker=[small1["worker"], small2["worker"]], **common)
     report.add("work.backlog.large", large["rate"], "jobs/s", pending=cfg.backlog_large,
                window=large["window"], from_start_rate=round(large["from_start_rate"], 1),
-               **common)
+               complete=large["complete"], worker=large["worker"], **common)
     report.add("work.backlog.large_vs_small", large["rate"] / small_rate, "ratio",
                target_min=0.80)
+    for label, run in (("small", small1), ("large", large), ("small", small2)):
+        if not run["complete"]:
+            report.note(f"backlog {label} ({run['pending']:,} pending): the window was not "
+                        f"reached within --drain-timeout {cfg.drain_timeout:g}s; rate over "
+                        f"jobs {run['window'][0]:,}..{run['window'][1]:,}")
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -746,6 +856,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="do not drop a database this run created")
     parser.add_argument("--no-checkpoint", dest="checkpoint", action="store_false",
                         help="skip the CHECKPOINT before each timed run")
+    parser.add_argument("--no-settle", dest="settle", action="store_false",
+                        help="skip the VACUUM (ANALYZE) of freshly filled tables before "
+                        "timed runs (diagnostic: planner statistics change worker plans)")
+    parser.add_argument("--drain-timeout", type=float, default=None,
+                        help="stop a drain/backlog measurement after this many seconds and "
+                        "report the partial rate (default 60, --quick 15)")
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="give up on one worker benchmark after this many seconds")
     parser.add_argument("--poll-interval", type=float, default=0.02,
@@ -781,7 +897,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, (full, quick) in SIZES.items():
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)
+    if args.drain_timeout is None:
+        args.drain_timeout = 15.0 if args.quick else 60.0
     return args
+
+
+def source_info() -> dict[str, Any]:
+    """Which pgjobs code was measured: its path and, in a checkout, the git state."""
+    import subprocess
+
+    where = os.path.dirname(os.path.abspath(pgjobs.__file__))
+    info: dict[str, Any] = {"path": where}
+    try:
+        def git(*cmd: str) -> str:
+            return subprocess.run(["git", "-C", where, *cmd], capture_output=True,
+                                  text=True, timeout=10, check=True).stdout.strip()
+
+        info["commit"] = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--", ".").splitlines()
+        info["uncommitted_changes"] = len(changed)
+    except (OSError, subprocess.SubprocessError):
+        pass  # not a checkout (installed package)
+    return info
 
 
 def collect_settings(cfg: argparse.Namespace, mode: str) -> dict[str, Any]:
@@ -804,6 +941,7 @@ def collect_settings(cfg: argparse.Namespace, mode: str) -> dict[str, Any]:
         "cpu_affinity": affinity,
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "pgjobs": pgjobs.__version__,
+        "pgjobs_source": source_info(),
         "psycopg": psycopg.__version__,
         "parameters": params,
     }
@@ -829,7 +967,11 @@ def print_settings(s: dict[str, Any]) -> None:
     print(f"  python              {s['python']} on {s['platform']}")
     print(f"  cpus                {s['cpu_count']} (usable: {s['cpu_affinity']}), "
           f"load average {' '.join(map(str, s['load_average']))}")
-    print(f"  pgjobs              {s['pgjobs']}, psycopg {s['psycopg']}")
+    src = s["pgjobs_source"]
+    git = (f", commit {src['commit']} + {src['uncommitted_changes']} uncommitted file(s) under pgjobs/"
+           if "commit" in src else "")
+    print(f"  pgjobs              {s['pgjobs']} from {src['path']}{git}; "
+          f"psycopg {s['psycopg']}")
     print("  parameters          " + ", ".join(f"{k}={v}" for k, v in s["parameters"].items()))
     print("  compare RATIOS from one run: absolute rates drift on a shared machine", flush=True)
 

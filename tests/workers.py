@@ -42,8 +42,9 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: fl
 class WorkerProcess:
     """A `pgjobs work` subprocess whose stderr is collected line by line."""
 
-    def __init__(self, pg_url: str, schema: str, *args: str, app: str = APP) -> None:
-        env = cli_env(pg_url, schema)
+    def __init__(self, pg_url: str, schema: str, *args: str, app: str = APP,
+                 env_extra: dict[str, str] | None = None) -> None:
+        env = cli_env(pg_url, schema, **(env_extra or {}))
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pgjobs", "work", app, *args],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Annotated, Any
 
 import psycopg
@@ -123,27 +124,73 @@ def enqueue(
 @cli.command()
 def stats(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for machines.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh live until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between --watch refreshes.")] = 2.0,
 ) -> None:
-    """Per-queue counts: pending, scheduled, running, dead, oldest pending age, limit."""
+    """Per-queue counts (pending, scheduled, running, dead, oldest age, throughput, limit)
+    and the workers serving them."""
     with connect(autocommit=True) as conn:
         try:
-            rows = admin.queue_stats(conn, SETTINGS.sql())
+            rows = admin.queue_report(conn, SETTINGS.sql())
+            workers = admin.worker_status(conn, SETTINGS.sql())
         except psycopg.Error as exc:
             _guard_schema(exc)
             raise
-    if as_json:
-        print(json.dumps({"queues": rows}))
-        return
-    _print_stats_table(rows)
+        if as_json:
+            print(json.dumps({"queues": rows, "workers": [_jsonable(w) for w in workers]}))
+            return
+        if not watch:
+            _print_stats_table(rows, workers)
+            return
+        _watch(conn, rows, workers, interval)
 
 
-def _print_stats_table(rows: list[dict[str, Any]]) -> None:
+def _watch(conn: psycopg.Connection[Any], rows: list[dict[str, Any]],
+           workers: list[dict[str, Any]], interval: float) -> None:
+    """Redraw in place on a terminal; elsewhere (a pipe, a log) print each refresh."""
     from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    try:
+        if not console.is_terminal:
+            while True:
+                console.print(_stats_renderable(rows, workers))
+                sys.stdout.flush()
+                time.sleep(max(0.2, interval))
+                rows = admin.queue_report(conn, SETTINGS.sql())
+                workers = admin.worker_status(conn, SETTINGS.sql())
+        with Live(_stats_renderable(rows, workers), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(max(0.2, interval))
+                rows = admin.queue_report(conn, SETTINGS.sql())
+                workers = admin.worker_status(conn, SETTINGS.sql())
+                live.update(_stats_renderable(rows, workers), refresh=True)
+    except KeyboardInterrupt:
+        pass
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in row.items()}
+
+
+def _print_stats_table(rows: list[dict[str, Any]],
+                       workers: list[dict[str, Any]] | None = None) -> None:
+    from rich.console import Console
+
+    Console().print(_stats_renderable(rows, workers))
+
+
+def _stats_renderable(rows: list[dict[str, Any]], workers: list[dict[str, Any]] | None) -> Any:
+    from rich.console import Group
     from rich.table import Table
 
-    table = Table(title="pgjobs queues")
-    for column in ("queue", "pending", "scheduled", "running", "dead", "oldest pending", "limit"):
-        table.add_column(column, justify="left" if column == "queue" else "right")
+    table = Table(title=f"pgjobs queues — {time.strftime('%H:%M:%S')}")
+    # Short headers: the table must fit an 80-column terminal.
+    for column in ("queue", "pending", "sched", "run", "dead", "oldest", "ok/min", "fail/min",
+                   "limit"):
+        table.add_column(column, justify="left" if column == "queue" else "right",
+                         no_wrap=column == "queue")
     for r in rows:
         age = r["oldest_pending_age_seconds"]
         limit = r["limit"]
@@ -152,14 +199,32 @@ def _print_stats_table(rows: list[dict[str, Any]]) -> None:
         elif limit == 0:
             full = "0 (closed)"
         else:
-            full = f"{limit} ({100 * (r['pending'] + r['scheduled']) / limit:.0f}% full)"
+            used = (r["pending"] + r["scheduled"]) / limit
+            colour = "red" if used >= 0.8 else "yellow" if used >= 0.5 else "green"
+            full = f"{limit} [{colour}]{100 * used:.0f}%[/]"
         table.add_row(
             r["queue"], str(r["pending"]), str(r["scheduled"]), str(r["running"]),
-            str(r["dead"]), "-" if age is None else f"{age:.1f}s", full,
+            str(r["dead"]), "-" if age is None else f"{age:.1f}s",
+            str(r.get("succeeded_last_minute", "-")), str(r.get("failed_last_minute", "-")),
+            full,
         )
     if not rows:
         table.caption = "no queues yet: enqueue a job or set a limit"
-    Console().print(table)
+    if workers is None:
+        return table
+    wtable = Table(title="workers")
+    for column in ("worker", "queues", "busy", "in hand", "since", "last heartbeat", "alive"):
+        wtable.add_column(column)
+    for w in workers:
+        wtable.add_row(
+            w["id"], ",".join(w["queues"]) if w["queues"] else "all",
+            f"{w['executors_busy']}/{w['concurrency']}", str(w["jobs_in_hand"]),
+            w["started_at"].strftime("%H:%M:%S"), w["last_heartbeat_at"].strftime("%H:%M:%S"),
+            "[green]yes[/]" if w["alive"] else "[red]no[/]",
+        )
+    if not workers:
+        wtable.caption = "no worker has registered: start `pgjobs work APP`"
+    return Group(table, wtable)
 
 
 @queues_cli.command("limit")

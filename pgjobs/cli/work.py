@@ -102,15 +102,36 @@ def work(
     poll_only: Annotated[bool, typer.Option(
         help="No LISTEN connection (e.g. behind PgBouncer in transaction mode); one "
              "internal connection fewer.")] = False,
+    metrics_port: Annotated[int | None, typer.Option(
+        help="Serve Prometheus /metrics on this port.", show_default=False)] = None,
+    metrics_host: Annotated[str, typer.Option(
+        help="Address for /metrics (default: localhost only).")] = "127.0.0.1",
+    history_retention: Annotated[str, typer.Option(
+        help="Keep per-minute job history this long (0: forever).")] = "7d",
+    dead_letter_retention: Annotated[str, typer.Option(
+        help="Delete dead letters older than this (0: keep forever).")] = "30d",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run a fixed pool of workers for APP until SIGTERM/SIGINT, then drain cleanly."""
+    from .dead_letters import parse_duration
+
     configure_logging(log_level)
+    retention = parse_duration(history_retention), parse_duration(dead_letter_retention)
     the_app = load_app(app)
+    if metrics_port is not None:
+        from ..prometheus import serve_metrics
+
+        provider = serve_metrics(metrics_port, metrics_host)
+        if the_app.meter_provider is None:
+            the_app.meter_provider = provider
+            the_app._use_schema(the_app.schema)  # rebuild instruments on the new provider
+        logging.getLogger("pgjobs.worker").info(
+            "serving Prometheus metrics on http://%s:%d/metrics", metrics_host, metrics_port)
     worker = the_app.worker(
         concurrency=concurrency, queues=parse_queues(queues), pool_size=pool_size,
         shutdown_timeout=shutdown_timeout, lease_timeout=lease_timeout,
         poll_interval=poll_interval, poll_only=poll_only,
+        history_retention=retention[0], dead_letter_retention=retention[1],
     )
     worker.run()
 
