@@ -99,9 +99,9 @@ class App:
         priority: int = 0,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(
+    def task(  # type: ignore[misc]  # mypy trips on ParamSpec in decorator overloads
         self,
-        fn: Callable[P, R] | None = None,
+        fn: Callable[..., Any] | None = None,
         /,
         *,
         name: str | None = None,
@@ -110,7 +110,7 @@ class App:
         timeout: float | None = None,
         backoff: Backoff | None = None,
         priority: int = 0,
-    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    ) -> Any:
         """Register a task. Usable bare (``@app.task``) or with options.
 
         ``name`` defaults to ``<module>.<function>``; ``backoff(attempt)`` returns the
@@ -118,13 +118,13 @@ class App:
         jitter, see :func:`pgjobs.retry.default_backoff`); ``timeout`` is in seconds.
         """
 
-        def register(func: Callable[P, R]) -> Task[P, R]:
+        def register(func: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or f"{func.__module__}.{func.__qualname__}"
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ConfigurationError(
                     f"two tasks are named {task_name!r}; give one of them name=..."
                 )
-            task: Task[P, R] = Task(
+            task: Task[Any, Any] = Task(
                 self,
                 func,
                 name=task_name,

@@ -28,7 +28,7 @@ def get_tracer(provider: Any | None) -> trace.Tracer:
 def send_span(tracer: trace.Tracer, queue: str, task: str, count: int = 1
               ) -> Iterator[tuple[trace.Span, dict[str, str] | None]]:
     """The producer span, and the carrier to store with the job (None when not sampled)."""
-    attributes = {
+    attributes: dict[str, str | int] = {
         "messaging.system": SYSTEM,
         "messaging.operation.type": "send",
         "messaging.operation.name": "send",
