@@ -166,3 +166,30 @@ def test_stop_when_nothing_runs_is_a_no_op(tmp_path: Path) -> None:
     stop_embedded_server(tmp_path / "never-started")
     (tmp_path / "empty" / "pgdata").mkdir(parents=True)
     stop_embedded_server(tmp_path / "empty")
+
+
+@pytest.mark.embedded
+def test_cli_invocations_share_the_embedded_default(tmp_path):
+    """With no URL set, `pgjobs` starts ./.pgjobs once and later commands reuse it."""
+    import json
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PGJOBS_DATABASE_URL", "DATABASE_URL", "PGJOBS_SCHEMA")}
+    root = Path(__file__).resolve().parent.parent
+    env["PYTHONPATH"] = str(root)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pgjobs", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=180)
+
+    try:
+        migrated = cli("migrate")
+        assert migrated.returncode == 0, migrated.stderr
+        assert "embedded PostgreSQL" in migrated.stderr
+        assert cli("enqueue", "demo.task", "--queue", "shared").returncode == 0
+        stats = cli("stats", "--json")
+        assert stats.returncode == 0, stats.stderr
+        queues = {q["queue"]: q for q in json.loads(stats.stdout)["queues"]}
+        assert queues["shared"]["pending"] == 1  # same server, same data
+    finally:
+        embedded.stop_embedded_server(tmp_path / ".pgjobs")
