@@ -195,13 +195,17 @@ WHERE state = 'pending' AND queue = ANY(%(queues)s::text[])
 
 # One statement per flush. Every write is guarded by state = 'running' and the claim's
 # lease token: a worker that lost its lease (and whose job was re-claimed) changes
-# nothing. Successes leave the table; failures are rescheduled; permanent failures move
+# nothing. `cardinality(...) > 0` is a one-time filter that skips empty branches, and
+# `id = ANY(...)` steers each branch to primary-key lookups: with stale statistics the
+# planner otherwise scans every running job's lease index entry, three times. Successes leave the table; failures are rescheduled; permanent failures move
 # to dead_letters in the same statement, hence the same transaction.
 COMPLETE_BATCH = """
 WITH succeeded AS (
     DELETE FROM {schema}.jobs AS j
     USING unnest(%(ok_ids)s::bigint[], %(ok_tokens)s::uuid[]) AS d(id, token)
-    WHERE j.id = d.id AND j.state = 'running' AND j.lease_token = d.token
+    WHERE cardinality(%(ok_ids)s::bigint[]) > 0
+      AND j.id = ANY(%(ok_ids)s::bigint[]) AND j.id = d.id
+      AND j.state = 'running' AND j.lease_token = d.token
     RETURNING j.id
 ), retried AS (
     UPDATE {schema}.jobs AS j
@@ -211,13 +215,17 @@ WITH succeeded AS (
         lease_token = NULL, lease_expires_at = NULL, worker_id = NULL
     FROM unnest(%(retry_ids)s::bigint[], %(retry_tokens)s::uuid[],
                 %(retry_delays)s::float8[], %(retry_errors)s::text[]) AS r(id, token, delay, error)
-    WHERE j.id = r.id AND j.state = 'running' AND j.lease_token = r.token
+    WHERE cardinality(%(retry_ids)s::bigint[]) > 0
+      AND j.id = ANY(%(retry_ids)s::bigint[]) AND j.id = r.id
+      AND j.state = 'running' AND j.lease_token = r.token
     RETURNING j.id
 ), dead AS (
     DELETE FROM {schema}.jobs AS j
     USING unnest(%(dead_ids)s::bigint[], %(dead_tokens)s::uuid[], %(dead_errors)s::text[])
           AS x(id, token, error)
-    WHERE j.id = x.id AND j.state = 'running' AND j.lease_token = x.token
+    WHERE cardinality(%(dead_ids)s::bigint[]) > 0
+      AND j.id = ANY(%(dead_ids)s::bigint[]) AND j.id = x.id
+      AND j.state = 'running' AND j.lease_token = x.token
     RETURNING j.id, j.queue, j.task, j.args, j.priority, j.attempts, j.max_attempts,
               j.created_at, j.trace_context, x.error
 ), buried AS (

@@ -3,9 +3,14 @@
 Run from the repository root::
 
     .venv/bin/python scripts/bench.py enqueue            # ~1 min
-    .venv/bin/python scripts/bench.py work               # ~3 min
+    .venv/bin/python scripts/bench.py work               # ~1-3 min
     .venv/bin/python scripts/bench.py all --json bench-$(date +%F).json
     .venv/bin/python scripts/bench.py all --quick        # smoke test, < 30 s
+    .venv/bin/python scripts/bench.py work --drain-n 20000 --concurrency 50 --no-settle
+
+(Those times hold while the worker keeps up. A drain or backlog run that does not finish
+is cut at ``--drain-timeout`` and reported as incomplete, and a worker that then takes
+long to stop is waited for, so a regression costs minutes, not hours.)
 
 ``--database-url`` defaults to ``$PGJOBS_BENCH_DATABASE_URL``, else
 ``postgresql://postgres@127.0.0.1:5432/pgjobs_bench``. A database that does not exist is
@@ -41,12 +46,21 @@ enqueue
       [task.job(...) ...])`` + commit of ``--bulk-n`` (50,000) jobs, building the job
       specs included (target >= 150,000/s); ``..._excl_specs`` times only enqueue_many +
       commit. ``enqueue.bulk.limit_vs_nolimit`` compares the medians.
+  ``enqueue.*.diag.*``: diagnostics without targets, to tell where a gap comes from.
+      ``single.diag.tx_insert`` is the baseline INSERT in an explicit psycopg
+      transaction + ``commit()`` (BEGIN and COMMIT are round trips of their own: the
+      shape every transactional enqueue has); ``single.diag.limit_vs_tx_insert`` is
+      pgjobs' own share of the gap. ``bulk.diag.server_insert_select`` inserts the same
+      rows with ``INSERT ... SELECT generate_series`` (no client at all): the ceiling
+      this server puts on any bulk enqueue into this table and its indexes.
 
 work (handlers are no-ops unless said otherwise; the worker runs in this process, in a
 thread, with ``install_signal_handlers=False``)
   ``work.drain.cN``: jobs/s draining ``--drain-n`` (100,000) pre-inserted jobs at
       concurrency N, from the worker's start until ``SELECT EXISTS (SELECT 1 FROM jobs)``
-      (polled every 20 ms) says the table is empty.
+      (polled every 20 ms) says the table is empty. ``params.rate_to_last_flush`` is
+      the same measured to the completer's last write (exact); ``params.claims``,
+      ``stop_seconds`` and ``completer_outlived_run`` describe the worker's behaviour.
   ``work.drain.c100.peak_rss``: MiB, ``getrusage(RUSAGE_SELF).ru_maxrss`` after that run:
       the high-water mark of the WHOLE benchmark process so far (earlier benchmarks
       included), not of the worker alone; ``..._rss_during_run`` samples VmRSS during
@@ -67,7 +81,10 @@ thread, with ``install_signal_handlers=False``)
 
 Before each timed run the jobs table is settled the same way for every variant
 (``VACUUM (ANALYZE)`` and a ``CHECKPOINT``), because a checkpoint or a vacuum landing
-inside one run and not another would dwarf the differences being measured.
+inside one run and not another would dwarf the differences being measured. The ANALYZE
+is also what autoanalyze does in production (the migration asks for it every 5,000
+rows), so the worker runs with the plans it would really get; ``--no-settle`` skips it
+to compare (see ``--help`` for every flag).
 """
 
 from __future__ import annotations
@@ -391,13 +408,16 @@ class WorkerThread:
         t0 = perf()
         self.worker.stop()
         self.thread.join(timeout=120)
-        # run() may return while its completer thread still writes outcomes (it gives
-        # up waiting after a while); wait for it too, or it would write into the next
-        # benchmark's measurements (or into a dropped schema).
+        # run() may return while its completer thread still writes outcomes (it stops
+        # waiting for it after a while). Give it a moment; if it is still busy, dropping
+        # the schema makes its remaining writes fail fast, and reap_lingering() waits for
+        # it before the next benchmark starts so it cannot skew that one.
         completer = getattr(self.worker, "completer", None)
         if completer is not None and completer.thread.is_alive():
             self.lingering = True
-            completer.thread.join(timeout=120)
+            completer.thread.join(timeout=5)
+            if completer.thread.is_alive():
+                _LINGERING.append(completer.thread)
         self.stop_seconds = perf() - t0
         if self.thread.is_alive():
             print("  warning: worker did not stop within 120 s", file=sys.stderr)
@@ -413,6 +433,20 @@ class WorkerThread:
             "stop_seconds": round(self.stop_seconds, 2),
             "completer_outlived_run": self.lingering,
         }
+
+
+_LINGERING: list[threading.Thread] = []
+
+
+def reap_lingering(report: Report) -> None:
+    """Wait for completer threads that outlived their worker (see WorkerThread.stop)."""
+    while _LINGERING:
+        thread = _LINGERING.pop()
+        t0 = perf()
+        thread.join(timeout=60)
+        report.note(f"a stopped worker's completer thread was still writing outcomes after "
+                    f"run() returned; waited {perf() - t0:.1f} s more for it"
+                    + ("" if not thread.is_alive() else " and gave up"))
 
 
 @contextmanager
@@ -691,6 +725,7 @@ def bench_work(cfg: argparse.Namespace, report: Report) -> None:
 
     # 1. drain throughput of no-op jobs
     for c in concurrencies:
+        reap_lingering(report)
         print(f"  drain {cfg.drain_n:,} no-op jobs at concurrency {c}", flush=True)
         out = drain(cfg, f"drain_c{c}", c, cfg.drain_n, _noop_task, sample_rss=(c == 100))
         _report_drain(report, cfg, f"work.drain.c{c}", out, cfg.drain_n, c)
@@ -712,6 +747,7 @@ def bench_work(cfg: argparse.Namespace, report: Report) -> None:
         return app.task(name="bench.work.sleep10ms", queue=QUEUE)(nap)
 
     c = cfg.sleep_concurrency
+    reap_lingering(report)
     print(f"  drain {cfg.sleep_n:,} 10 ms jobs at concurrency {c}", flush=True)
     out = drain(cfg, "sleep", c, cfg.sleep_n, nap_task)
     _report_drain(report, cfg, f"work.sleep10ms.c{c}", out, cfg.sleep_n, c, ideal=c / 0.01)
@@ -719,10 +755,12 @@ def bench_work(cfg: argparse.Namespace, report: Report) -> None:
     report.add(f"work.sleep10ms.c{c}_vs_ideal", out["rate"] / (c / 0.01), "ratio")
 
     # 3. pickup latency
+    reap_lingering(report)
     bench_latency(cfg, report)
 
     # 4. backlog independence
     bench_backlog(cfg, report)
+    reap_lingering(report)
 
 
 def bench_latency(cfg: argparse.Namespace, report: Report) -> None:
@@ -813,9 +851,11 @@ def bench_backlog(cfg: argparse.Namespace, report: Report) -> None:
     print(f"  backlog: {cfg.backlog_small:,} vs {cfg.backlog_large:,} pending, concurrency "
           f"{cfg.backlog_concurrency}, small / large / small", flush=True)
     # Small before and after large, averaged, so drift during the long large case cancels.
-    small1 = backlog_run(cfg, cfg.backlog_small)
-    large = backlog_run(cfg, cfg.backlog_large)
-    small2 = backlog_run(cfg, cfg.backlog_small)
+    runs = []
+    for pending in (cfg.backlog_small, cfg.backlog_large, cfg.backlog_small):
+        reap_lingering(report)
+        runs.append(backlog_run(cfg, pending))
+    small1, large, small2 = runs
     small_rate = statistics.fmean([small1["rate"], small2["rate"]])
     common = {"concurrency": cfg.backlog_concurrency, "warmup_jobs": cfg.backlog_warmup}
     report.add("work.backlog.small", small_rate, "jobs/s", pending=cfg.backlog_small,
@@ -968,8 +1008,8 @@ def print_settings(s: dict[str, Any]) -> None:
     print(f"  cpus                {s['cpu_count']} (usable: {s['cpu_affinity']}), "
           f"load average {' '.join(map(str, s['load_average']))}")
     src = s["pgjobs_source"]
-    git = (f", commit {src['commit']} + {src['uncommitted_changes']} uncommitted file(s) under pgjobs/"
-           if "commit" in src else "")
+    git = (f", commit {src['commit']} + {src['uncommitted_changes']} uncommitted "
+           "file(s) under pgjobs/" if "commit" in src else "")
     print(f"  pgjobs              {s['pgjobs']} from {src['path']}{git}; "
           f"psycopg {s['psycopg']}")
     print("  parameters          " + ", ".join(f"{k}={v}" for k, v in s["parameters"].items()))

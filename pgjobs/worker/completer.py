@@ -74,6 +74,7 @@ class Completer:
         unregister: tuple[Any, dict[str, Any]] | None = None,
         retention: Callable[[psycopg.Connection[Any]], None] | None = None,
         instruments: Any = None,
+        on_settled: Callable[[int], None] = lambda count: None,
         on_outcomes: Callable[[list[Result]], None] | None = None,
     ) -> None:
         self._sql = sql
@@ -84,6 +85,7 @@ class Completer:
         self._results: queue.SimpleQueue[Result | None] = queue.SimpleQueue()
         self._closing = threading.Event()
         self._on_outcomes = on_outcomes
+        self._on_settled = on_settled
         self._instruments = instruments
         self._register = register
         self._unregister = unregister
@@ -170,10 +172,12 @@ class Completer:
             self._write(batch)
         except Exception:
             self._in_hand.remove(r.job.id for r in batch)
+            self._on_settled(len(batch))
             log.exception("could not write %d outcome(s); their leases will expire and the "
                           "jobs will run again", len(batch))
             return
         self._in_hand.remove(r.job.id for r in batch)
+        self._on_settled(len(batch))
         if self._instruments is not None:
             self._record(batch)
         if self._on_outcomes is not None:

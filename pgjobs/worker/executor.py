@@ -71,7 +71,6 @@ class ExecutorPool:
         concurrency: int,
         buffer: queue.SimpleQueue[ClaimedJob | None],
         report: Callable[[Result], None],
-        on_finished: Callable[[], None],
         borrow: Callable[[], AbstractContextManager[psycopg.Connection[Any]]],
         worker_name: str,
         tracer: Any = None,
@@ -80,7 +79,6 @@ class ExecutorPool:
         self._tracer = tracer if tracer is not None else get_tracer(None)
         self._buffer = buffer
         self._report = report
-        self._on_finished = on_finished
         self._borrow = borrow
         self._worker_name = worker_name
         self._slots = [_Slot(i) for i in range(concurrency)]
@@ -150,26 +148,25 @@ class ExecutorPool:
                 job = self._buffer.get()
                 if job is STOP:
                     return
-                result = self._run(slot, generation, job)
+                try:
+                    result = self._run(slot, generation, job)
+                except JobTimeout:
+                    # Delivered after the handler returned: only matters if not abandoned.
+                    result = self._timeout_result(job, 0.0, 0.0)
+                except BaseException as exc:
+                    log.exception("executor %d: internal error on job %d", slot.index, job.id)
+                    result = self.failure(job, exc, 0.0)
                 with slot.lock:
                     if slot.generation != generation:
                         return  # the watchdog gave up on us; a replacement took the slot
                     slot.current = None
                 self._report(result)
-                self._on_finished()
             except JobTimeout:
-                # Delivered late (after the handler returned): harmless if abandoned.
                 with slot.lock:
                     if slot.generation != generation:
                         return
             except BaseException:
-                log.exception("executor %d: internal error (job continues via lease)",
-                              slot.index)
-                with slot.lock:
-                    if slot.generation != generation:
-                        return
-                    slot.current = None
-                self._on_finished()
+                log.exception("executor %d: internal error", slot.index)
 
     def _run(self, slot: _Slot, generation: int, job: ClaimedJob) -> Result:
         task = self._app.tasks.get(job.task)
@@ -255,7 +252,6 @@ class ExecutorPool:
                 _raise_in_thread(stuck.ident, JobTimeout)
             timeout = running.deadline - running.started
             self._report(self._timeout_result(running.job, timeout, now - running.started))
-            self._on_finished()
 
     def _unknown_task(self, job: ClaimedJob) -> str:
         known = sorted(self._app.tasks)

@@ -58,7 +58,7 @@ class Fetcher:
         self._poll_interval = poll_interval
         self._stopping = stopping
         self._cv = threading.Condition()
-        self._outstanding = 0  # claimed, not yet finished executing
+        self._outstanding = 0  # claimed, outcome not yet written
         self._more_likely = True  # claim at start-up
         self._next_poll = 0.0
         self.claims = 0
@@ -72,10 +72,14 @@ class Fetcher:
             self._more_likely = True
             self._cv.notify()
 
-    def job_finished(self) -> None:
-        """An executor slot (or a buffered job) is free again."""
+    def jobs_settled(self, count: int) -> None:
+        """``count`` claimed jobs have had their outcome written (or given up on).
+
+        Capacity frees only here, not when a handler returns: if writing outcomes falls
+        behind, claiming stops too, so jobs in hand stay bounded by ``capacity``.
+        """
         with self._cv:
-            self._outstanding -= 1
+            self._outstanding -= count
             if self._more_likely and self._capacity - self._outstanding >= self._min_batch:
                 self._cv.notify()
 

@@ -212,12 +212,13 @@ class Worker:
             ping_interval=self.ping_interval,
             rescue_interval=min(5.0, max(0.5, self.lease_timeout / 4)),
             register=self._register, retention=self._prune,
-            unregister=(self.app.sql.DELETE_WORKER, {"id": self.id}), instruments=self.instruments,
+            unregister=(self.app.sql.DELETE_WORKER, {"id": self.id}),
+            on_settled=self.fetcher.jobs_settled, instruments=self.instruments,
             on_outcomes=lambda batch: self.on_outcomes(batch) if self.on_outcomes else None,
         )
         self.executors = ExecutorPool(
             self.app, self.concurrency, self._buffer, report=self.completer.report,
-            on_finished=self.fetcher.job_finished, borrow=self._borrow_connection,
+            borrow=self._borrow_connection,
             worker_name=self.id, tracer=get_tracer(self.app.tracer_provider),
         )
         executors_ref.append(self.executors)
@@ -317,7 +318,6 @@ class Worker:
             if job is not None:
                 unstarted += 1
                 self.completer.report(Result(job, Outcome.RELEASE))
-                self.fetcher.job_finished()
         self.executors.stop_threads()
         running = len(self.executors.running_jobs())
         if running:
