@@ -75,6 +75,7 @@ class Completer:
         retention: Callable[[psycopg.Connection[Any]], None] | None = None,
         instruments: Any = None,
         on_settled: Callable[[int], None] = lambda count: None,
+        on_retry_due: Callable[[float], None] = lambda monotonic_time: None,
         on_outcomes: Callable[[list[Result]], None] | None = None,
     ) -> None:
         self._sql = sql
@@ -86,6 +87,7 @@ class Completer:
         self._closing = threading.Event()
         self._on_outcomes = on_outcomes
         self._on_settled = on_settled
+        self._on_retry_due = on_retry_due
         self._instruments = instruments
         self._register = register
         self._unregister = unregister
@@ -178,6 +180,9 @@ class Completer:
             return
         self._in_hand.remove(r.job.id for r in batch)
         self._on_settled(len(batch))
+        delays = [r.delay for r in batch if r.outcome is Outcome.RETRY]
+        if delays:  # the fetcher would otherwise only find them at its next poll
+            self._on_retry_due(time.monotonic() + min(delays))
         if self._instruments is not None:
             self._record(batch)
         if self._on_outcomes is not None:

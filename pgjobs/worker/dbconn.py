@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -46,6 +49,7 @@ class ResilientConnection:
         self._application_name = application_name
         self._conn: psycopg.Connection[Any] | None = None
         self._failures = 0
+        self._busy_since: float | None = None
 
     def connection(self) -> psycopg.Connection[Any]:
         """The live connection, (re)connecting if needed. Raises on failure."""
@@ -65,7 +69,12 @@ class ResilientConnection:
         """``fn(conn)``, retried across reconnects; ``None`` if stopping first."""
         while True:
             try:
-                return fn(self.connection())
+                conn = self.connection()
+                self._busy_since = time.monotonic()
+                try:
+                    return fn(conn)
+                finally:
+                    self._busy_since = None
             except CONNECTION_ERRORS as exc:
                 self.discard()
                 self._failures += 1
@@ -76,6 +85,27 @@ class ResilientConnection:
                             message, delay)
                 if self._stopping.wait(delay) and give_up_when_stopping:
                     return None
+
+    def break_if_stalled(self, limit: float) -> bool:
+        """Called from another thread: unblock a call that has waited over ``limit`` s.
+
+        A server or proxy that keeps the TCP connection open but never answers is not
+        caught by keepalives; shutting the socket down makes the blocked call fail with a
+        connection error, and ``run`` reconnects.
+        """
+        since, conn = self._busy_since, self._conn
+        if since is None or conn is None or time.monotonic() - since < limit:
+            return False
+        self._busy_since = None
+        log.warning("%s connection: no answer from the server for %.0fs; dropping it and "
+                    "reconnecting", self.name, limit)
+        try:
+            fd = os.dup(conn.pgconn.socket)
+            with socket.socket(fileno=fd) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, psycopg.Error):
+            pass
+        return True
 
     def discard(self) -> None:
         """Drop the connection (it will be re-made on next use)."""

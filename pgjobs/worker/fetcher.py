@@ -83,6 +83,13 @@ class Fetcher:
             if self._more_likely and self._capacity - self._outstanding >= self._min_batch:
                 self._cv.notify()
 
+    def wake_at(self, monotonic_time: float) -> None:
+        """Claim again no later than ``monotonic_time`` (a retry becomes due then)."""
+        with self._cv:
+            if monotonic_time < self._next_poll:
+                self._next_poll = monotonic_time
+                self._cv.notify()
+
     def stop(self) -> None:
         with self._cv:
             self._cv.notify()

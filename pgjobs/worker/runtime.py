@@ -50,6 +50,7 @@ DEFAULT_CONCURRENCY = 10
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 DEFAULT_LEASE_TIMEOUT = 30.0
 DEFAULT_POLL_INTERVAL = 2.0
+STALL_TIMEOUT = 10.0  # an internal statement unanswered this long: drop the connection
 DEFAULT_HISTORY_RETENTION = 7 * 86400.0  # job_history rows (per-minute counts)
 DEFAULT_DEAD_LETTER_RETENTION = 30 * 86400.0
 
@@ -185,8 +186,10 @@ class Worker:
         self._in_hand = InHand()
         self._buffer: queue.SimpleQueue[ClaimedJob | None] = queue.SimpleQueue()
         self._url = url
+        self._fetch_conn = ResilientConnection(url, "fetch", self._stopping, name)
+        self._complete_conn = ResilientConnection(url, "complete", self._abort, name)
         self.fetcher = Fetcher(
-            self.app.sql, ResilientConnection(url, "fetch", self._stopping, name),
+            self.app.sql, self._fetch_conn,
             queues=self.queues, capacity=self.concurrency + self.prefetch, buffer=self._buffer,
             in_hand=self._in_hand, lease_seconds=self.lease_timeout, worker_id=self.id,
             poll_interval=self.poll_interval, stopping=self._stopping,
@@ -205,7 +208,7 @@ class Worker:
             queue_rows=self._queue_rows,
         )
         self.completer = Completer(
-            self.app.sql, ResilientConnection(url, "complete", self._abort, name),
+            self.app.sql, self._complete_conn,
             in_hand=self._in_hand, lease_seconds=self.lease_timeout, stats=self.stats,
             watchdog=lambda: executors_ref[0].check_deadlines() if executors_ref else None,
             ping=self.listener.send_ping if self.listener else None,
@@ -213,7 +216,8 @@ class Worker:
             rescue_interval=min(5.0, max(0.5, self.lease_timeout / 4)),
             register=self._register, retention=self._prune,
             unregister=(self.app.sql.DELETE_WORKER, {"id": self.id}),
-            on_settled=self.fetcher.jobs_settled, instruments=self.instruments,
+            on_settled=self.fetcher.jobs_settled, on_retry_due=self.fetcher.wake_at,
+            instruments=self.instruments,
             on_outcomes=lambda batch: self.on_outcomes(batch) if self.on_outcomes else None,
         )
         self.executors = ExecutorPool(
@@ -222,11 +226,26 @@ class Worker:
             worker_name=self.id, tracer=get_tracer(self.app.tracer_provider),
         )
         executors_ref.append(self.executors)
+        self._stall_watch = threading.Thread(target=self._watch_stalls, daemon=True,
+                                             name="pgjobs-stall-watch")
         self.completer.thread.start()
         self.executors.start()
+        self._stall_watch.start()
         if self.listener is not None:
             self.listener.thread.start()
         self.fetcher.thread.start()
+
+    def _watch_stalls(self) -> None:
+        """Unblock internal connections whose server stopped answering (see dbconn)."""
+        # Claims and flushes take milliseconds; 10 s of silence means a dead peer. Stay
+        # well inside the lease so heartbeats resume before leases expire.
+        limit = min(STALL_TIMEOUT, max(1.0, self.lease_timeout / 2))
+        assert self.completer is not None
+        while self.completer.thread.is_alive() or not self._stopping.is_set():
+            for conn in (self._fetch_conn, self._complete_conn):
+                conn.break_if_stalled(limit)
+            if self.stopped.wait(1.0):
+                return
 
     def _register(self, conn: psycopg.Connection[Any]) -> None:
         """Upsert this worker's row in ``workers`` (with each heartbeat)."""
