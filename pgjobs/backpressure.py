@@ -8,7 +8,8 @@ Why it is shaped like this (full semantics in docs/backpressure.md):
 * The check must not cost more as the backlog grows: the pending count is counted no
   further than the limit (an index-only range scan), and each process re-counts a queue
   at most once per ``refresh_interval``. Between counts, the process adds the jobs it has
-  enqueued itself to the last count, so within one process the limit is exact.
+  enqueued itself to the last count; checking and taking a place happen under one lock,
+  so threads of one process never overshoot between two counts.
 * A full queue costs the database nothing more: rejections within the refresh interval
   are answered from memory.
 
@@ -41,6 +42,19 @@ class _Reading:
     added: int = 0
 
 
+@dataclass
+class Reservation:
+    """Places taken in a queue by one enqueue call."""
+
+    limits: PendingLimits
+    reading: _Reading
+    count: int
+
+    def give_back(self, count: int | None = None) -> None:
+        """Return places that were not used (insert failed, or a unique key matched)."""
+        self.limits._give_back(self.reading, self.count if count is None else count)
+
+
 class PendingLimits:
     """Per-process cache of queue limits and pending counts, shared by all threads."""
 
@@ -59,25 +73,28 @@ class PendingLimits:
         self._readings: dict[str, _Reading] = {}
         self._lock = threading.Lock()
 
-    def check(self, conn: psycopg.Connection[Any], queue: str, adding: int = 1) -> None:
-        """Raise :class:`QueueFull` if ``adding`` more jobs would pass ``queue``'s limit."""
+    def reserve(self, conn: psycopg.Connection[Any], queue: str, adding: int = 1) -> Reservation:
+        """Take ``adding`` places in ``queue`` or raise :class:`QueueFull`.
+
+        Check and reservation happen under one lock, so threads of this process can
+        never both take the last place. Give back what was not inserted with
+        :meth:`Reservation.give_back`.
+        """
         reading = self._fresh_reading(conn, queue)
-        if reading.limit is None:
-            return
         with self._lock:
             seen = reading.counted + reading.added
-        if seen + adding > reading.limit:
-            raise QueueFull(
-                queue, pending=seen, limit=reading.limit,
-                retry_after=self._retry_after, requested=adding,
-            )
+            if reading.limit is not None and seen + adding > reading.limit:
+                raise QueueFull(
+                    queue, pending=seen, limit=reading.limit,
+                    retry_after=self._retry_after, requested=adding,
+                )
+            reading.added += adding
+        return Reservation(self, reading, adding)
 
-    def record(self, queue: str, added: int) -> None:
-        """Count jobs this process just enqueued until the next re-count sees them."""
+    def _give_back(self, reading: _Reading, count: int) -> None:
+        # If a re-count replaced this reading meanwhile, the change is simply unused.
         with self._lock:
-            reading = self._readings.get(queue)
-            if reading is not None:
-                reading.added += added
+            reading.added -= min(max(count, 0), reading.added)
 
     def forget(self, queue: str | None = None) -> None:
         """Drop cached readings (e.g. after changing a limit from this process)."""

@@ -89,6 +89,13 @@ def validate_schema(schema: str) -> None:
     """Reject schema names PostgreSQL would silently truncate or refuse."""
     if not schema or "\x00" in schema:
         raise ConfigurationError("schema name must be a non-empty string without NUL bytes")
+    if "%" in schema or ":" in schema:
+        # Composed statements still pass through placeholder parsing (psycopg's %s,
+        # SQLAlchemy's :name in migrations), which quoting does not protect.
+        raise ConfigurationError(
+            f"schema name {schema!r} contains '%' or ':', which pgjobs does not support; "
+            "choose another PGJOBS_SCHEMA"
+        )
     if len(schema.encode()) > 50:
         # 63 bytes is PostgreSQL's identifier limit; keep room for derived names.
         raise ConfigurationError(

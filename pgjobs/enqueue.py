@@ -12,7 +12,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 
-from .backpressure import PendingLimits
+from .backpressure import PendingLimits, Reservation
 from .connection import raw_connection
 from .errors import QueueFull, SchemaMissingError
 from .metrics import EnqueueInstruments
@@ -38,9 +38,10 @@ class Enqueuer:
         self._instruments = instruments
         self._tracer = tracer
 
-    def _check(self, pgconn: psycopg.Connection[Any], queue: str, adding: int) -> None:
+    def _reserve(self, pgconn: psycopg.Connection[Any], queue: str, adding: int
+                 ) -> Reservation:
         try:
-            self._limits.check(pgconn, queue, adding)
+            return self._limits.reserve(pgconn, queue, adding)
         except QueueFull:
             self._instruments.rejections.add(adding, {"queue": queue})
             raise
@@ -50,29 +51,36 @@ class Enqueuer:
         pgconn = raw_connection(conn)
         with send_span(self._tracer, spec.queue, spec.task) as (span, carrier), \
                 _schema_errors(self._sql.schema):
-            self._check(pgconn, spec.queue, 1)
-            params = {
-                "queue": spec.queue, "task": spec.task, "args": spec.args_json,
-                "priority": spec.priority, "max_attempts": spec.max_attempts,
-                "unique_key": spec.unique_key,
-                "trace": json.dumps(carrier) if carrier else None,
-            }
-            if spec.delay > 0:
-                params["delay"] = spec.delay
-                row = pgconn.execute(self._sql.ENQUEUE_DELAYED, params).fetchone()
-            else:
-                params["channel"] = self._sql.channel
-                row = pgconn.execute(self._sql.ENQUEUE_NOTIFY, params).fetchone()
-            if row is not None:
-                job_id = int(row[0])
-                self._limits.record(spec.queue, 1)
-                self._instruments.enqueued.add(1, {"queue": spec.queue, "task": spec.task})
-            else:
-                job_id = self._existing_unique(pgconn, spec)
+            reservation = self._reserve(pgconn, spec.queue, 1)
+            try:
+                job_id = self._insert_one(pgconn, spec, carrier, reservation)
+            except BaseException:
+                reservation.give_back()
+                raise
             span.set_attribute("messaging.message.id", str(job_id))
             return job_id
 
-    def _existing_unique(self, pgconn: psycopg.Connection[Any], spec: JobSpec) -> int:
+    def _insert_one(self, pgconn: psycopg.Connection[Any], spec: JobSpec,
+                    carrier: dict[str, str] | None, reservation: Reservation) -> int:
+        params = {
+            "queue": spec.queue, "task": spec.task, "args": spec.args_json,
+            "priority": spec.priority, "max_attempts": spec.max_attempts,
+            "unique_key": spec.unique_key,
+            "trace": json.dumps(carrier) if carrier else None,
+        }
+        if spec.delay > 0:
+            params["delay"] = spec.delay
+            row = pgconn.execute(self._sql.ENQUEUE_DELAYED, params).fetchone()
+        else:
+            params["channel"] = self._sql.channel
+            row = pgconn.execute(self._sql.ENQUEUE_NOTIFY, params).fetchone()
+        if row is not None:
+            self._instruments.enqueued.add(1, {"queue": spec.queue, "task": spec.task})
+            return int(row[0])
+        return self._existing_unique(pgconn, spec, reservation)
+
+    def _existing_unique(self, pgconn: psycopg.Connection[Any], spec: JobSpec,
+                         reservation: Reservation) -> int:
         # ON CONFLICT DO NOTHING: a live job holds the key. It may finish between the two
         # statements, in which case inserting again is right.
         for _ in range(3):
@@ -80,10 +88,10 @@ class Enqueuer:
                 self._sql.JOB_ID_BY_UNIQUE_KEY, {"unique_key": spec.unique_key}
             ).fetchone()
             if row is not None:
+                reservation.give_back()  # nothing new was added to the queue
                 return int(row[0])
             ids = self._insert_unique(pgconn, [spec])
             if ids[0] is not None:
-                self._limits.record(spec.queue, 1)
                 return ids[0]
         raise RuntimeError(f"unique_key {spec.unique_key!r} kept changing hands; retry")
 
@@ -106,31 +114,40 @@ class Enqueuer:
         queue_name = jobs[0].queue if len(per_queue) == 1 else "(several queues)"
         with send_span(self._tracer, queue_name, jobs[0].task, len(jobs)) as (_, carrier), \
                 _schema_errors(self._sql.schema):
-            for queue, count in per_queue.items():
-                self._check(pgconn, queue, count)
-            row = pgconn.execute(
-                self._sql.RESERVE_JOB_IDS,
-                {"jobs_table": self._sql.jobs_table, "count": len(jobs)},
-            ).fetchone()
-            assert row is not None
-            server_now: dt.datetime = row[0]
-            ids: list[int] = row[1]
-            trace = json.dumps(carrier) if carrier else None
-            if any(job.unique_key is not None for job in jobs):
-                result = self._insert_unique(pgconn, jobs, ids, server_now, trace)
-            else:
-                self._copy(pgconn, jobs, ids, server_now, trace)
-                result = list(ids)
-            due = sorted({job.queue for job in jobs if job.delay <= 0})
-            if due:
-                pgconn.execute(
-                    self._sql.NOTIFY_QUEUES, {"channel": self._sql.channel, "queues": due}
-                )
-        for queue, count in per_queue.items():
-            self._limits.record(queue, count)
+            reservations = []
+            try:
+                for queue, count in per_queue.items():
+                    reservations.append(self._reserve(pgconn, queue, count))
+                result = self._insert_many(pgconn, jobs, carrier)
+            except BaseException:
+                for reservation in reservations:
+                    reservation.give_back()
+                raise
         for (queue, task), count in Counter((j.queue, j.task) for j in jobs).items():
             self._instruments.enqueued.add(count, {"queue": queue, "task": task})
         return [int(i) for i in result if i is not None]
+
+    def _insert_many(self, pgconn: psycopg.Connection[Any], jobs: list[JobSpec],
+                     carrier: dict[str, str] | None) -> list[int | None]:
+        row = pgconn.execute(
+            self._sql.RESERVE_JOB_IDS,
+            {"jobs_table": self._sql.jobs_table, "count": len(jobs)},
+        ).fetchone()
+        assert row is not None
+        server_now: dt.datetime = row[0]
+        ids: list[int] = row[1]
+        trace = json.dumps(carrier) if carrier else None
+        if any(job.unique_key is not None for job in jobs):
+            result = self._insert_unique(pgconn, jobs, ids, server_now, trace)
+        else:
+            self._copy(pgconn, jobs, ids, server_now, trace)
+            result = list(ids)
+        due = sorted({job.queue for job in jobs if job.delay <= 0})
+        if due:
+            pgconn.execute(
+                self._sql.NOTIFY_QUEUES, {"channel": self._sql.channel, "queues": due}
+            )
+        return list(result)
 
     def _copy(
         self,

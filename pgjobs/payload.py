@@ -29,7 +29,13 @@ def dump_args(task: str, args: dict[str, Any], max_bytes: int) -> str:
             f"argument {name!r} of task {task!r} contains a NUL character (\\u0000), "
             "which PostgreSQL jsonb cannot store; remove it or encode the value (e.g. base64)"
         )
-    size = len(text.encode())
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"arguments of task {task!r} contain text that is not valid Unicode "
+            f"({exc.reason}: {text[exc.start:exc.end]!r}); clean it or encode it (e.g. base64)"
+        ) from exc
     if size > max_bytes:
         raise ValueError(
             f"arguments of task {task!r} are {size} bytes of JSON, over the {max_bytes}-byte "

@@ -129,7 +129,9 @@ SELECT to_regclass(%(jobs_table)s) IS NOT NULL
 # --- worker: claim ------------------------------------------------------------------------
 
 # Claim a batch of due jobs from every queue. The ORDER BY matches the partial index
-# jobs_claim_idx exactly, so the cost does not grow with the backlog.
+# jobs_claim_idx exactly, so the cost does not grow with the backlog. args and
+# trace_context come back as text: each executor decodes its own job, so one malformed
+# row cannot fail the decoding of the whole batch after the claim has committed.
 CLAIM_ANY_QUEUE = """
 WITH picked AS (
     SELECT id FROM {schema}.jobs
@@ -147,8 +149,8 @@ SET state = 'running',
     started_at = COALESCE(%(now)s::timestamptz, now())
 FROM picked
 WHERE j.id = picked.id
-RETURNING j.id, j.queue, j.task, j.args, j.priority, j.attempts, j.max_attempts,
-          j.next_run_at, j.created_at, j.lease_token, j.trace_context
+RETURNING j.id, j.queue, j.task, j.args::text, j.priority, j.attempts, j.max_attempts,
+          j.next_run_at, j.created_at, j.lease_token, j.trace_context::text
 """
 
 # Claim from named queues: one ordered index range per queue (jobs_queue_claim_idx),
@@ -177,8 +179,8 @@ SET state = 'running',
     started_at = COALESCE(%(now)s::timestamptz, now())
 FROM candidates
 WHERE j.id = candidates.id
-RETURNING j.id, j.queue, j.task, j.args, j.priority, j.attempts, j.max_attempts,
-          j.next_run_at, j.created_at, j.lease_token, j.trace_context
+RETURNING j.id, j.queue, j.task, j.args::text, j.priority, j.attempts, j.max_attempts,
+          j.next_run_at, j.created_at, j.lease_token, j.trace_context::text
 """
 
 # When the next scheduled job becomes due, so an idle fetcher sleeps exactly that long.
@@ -206,7 +208,7 @@ WITH succeeded AS (
     WHERE cardinality(%(ok_ids)s::bigint[]) > 0
       AND j.id = ANY(%(ok_ids)s::bigint[]) AND j.id = d.id
       AND j.state = 'running' AND j.lease_token = d.token
-    RETURNING j.id
+    RETURNING j.id, j.queue, j.task
 ), retried AS (
     UPDATE {schema}.jobs AS j
     SET state = 'pending',
@@ -218,7 +220,7 @@ WITH succeeded AS (
     WHERE cardinality(%(retry_ids)s::bigint[]) > 0
       AND j.id = ANY(%(retry_ids)s::bigint[]) AND j.id = r.id
       AND j.state = 'running' AND j.lease_token = r.token
-    RETURNING j.id
+    RETURNING j.id, j.queue, j.task
 ), dead AS (
     DELETE FROM {schema}.jobs AS j
     USING unnest(%(dead_ids)s::bigint[], %(dead_tokens)s::uuid[], %(dead_errors)s::text[])
@@ -236,16 +238,26 @@ WITH succeeded AS (
            created_at, COALESCE(%(now)s::timestamptz, now()), trace_context
     FROM dead
     RETURNING job_id
+), outcomes AS (
+    SELECT id, queue, task, 1 AS ok, 0 AS retry, 0 AS failed FROM succeeded
+    UNION ALL SELECT id, queue, task, 0, 1, 0 FROM retried
+    UNION ALL SELECT id, queue, task, 0, 0, 1 FROM dead
 ), history AS (
-    -- Per-minute counts for charts and `pgjobs stats`; rows are sorted so concurrent
-    -- flushes lock them in the same order.
+    -- Per-minute counts for charts and `pgjobs stats`, from the rows actually written
+    -- (a replayed flush counts nothing twice); sorted so concurrent flushes lock the
+    -- history rows in the same order.
     INSERT INTO {schema}.job_history AS h
         (minute, queue, task, succeeded, retried, dead, duration_seconds, max_duration_seconds)
-    SELECT date_trunc('minute', COALESCE(%(now)s::timestamptz, now())), s.*
-    FROM unnest(%(h_queues)s::text[], %(h_tasks)s::text[], %(h_succeeded)s::bigint[],
-                %(h_retried)s::bigint[], %(h_dead)s::bigint[], %(h_durations)s::float8[],
-                %(h_max_durations)s::float8[]) AS s(queue, task, succeeded, retried, dead, d, m)
-    ORDER BY s.queue, s.task
+    SELECT date_trunc('minute', COALESCE(%(now)s::timestamptz, now())),
+           -- bounded so a hand-written row with a huge name cannot fail the flush
+           left(o.queue, 200), left(o.task, 500),
+           sum(o.ok), sum(o.retry), sum(o.failed),
+           coalesce(sum(t.duration), 0), coalesce(max(t.duration), 0)
+    FROM outcomes AS o
+    LEFT JOIN unnest(%(all_ids)s::bigint[], %(all_durations)s::float8[]) AS t(id, duration)
+           USING (id)
+    GROUP BY left(o.queue, 200), left(o.task, 500)
+    ORDER BY left(o.queue, 200), left(o.task, 500)
     ON CONFLICT (minute, queue, task) DO UPDATE SET
         succeeded = h.succeeded + EXCLUDED.succeeded,
         retried = h.retried + EXCLUDED.retried,

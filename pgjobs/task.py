@@ -17,6 +17,24 @@ R = TypeVar("R")
 Backoff = Callable[[int], float]
 
 _SMALLINT = (-32768, 32767)
+#: Longest task name / unique key accepted: both are indexed (job_history's primary key,
+#: the unique-key index), and PostgreSQL cannot index values of a few kilobytes.
+MAX_NAME_LENGTH = 500
+MAX_UNIQUE_KEY_LENGTH = 1000
+
+
+def validate_task_name(name: str) -> str:
+    """Task names are free text, but not empty and small enough to index."""
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH \
+            or "\x00" in name or not _encodable(name):
+        raise ValueError(
+            f"task name {name[:80]!r}… is invalid: use a non-empty string of at most "
+            f"{MAX_NAME_LENGTH} characters without NUL" if isinstance(name, str) and
+            len(name) > 80 else
+            f"task name {name!r} is invalid: use a non-empty string of at most "
+            f"{MAX_NAME_LENGTH} characters without NUL (valid Unicode)"
+        )
+    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +61,21 @@ class EnqueueOptions:
     max_attempts: int | None = None
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: not valid Unicode text
+        return False
+    return True
+
+
 def validate_queue(queue: str) -> str:
     """Queue names are free text, but not empty and small enough for a NOTIFY payload."""
-    if not isinstance(queue, str) or not queue or len(queue) > 200 or "\x00" in queue:
+    if (not isinstance(queue, str) or not queue or len(queue) > 200 or "\x00" in queue
+            or not _encodable(queue)):
         raise ValueError(
             f"queue name {queue!r} is invalid: use a non-empty string of at most 200 "
-            "characters without NUL"
+            "characters without NUL (valid Unicode)"
         )
     return queue
 
@@ -133,8 +160,12 @@ class _JobFactory(Generic[P]):
         if queue is not None:
             changes["queue"] = validate_queue(queue)
         if unique_key is not None:
-            if not isinstance(unique_key, str) or not unique_key:
-                raise ValueError(f"unique_key must be a non-empty string, got {unique_key!r}")
+            if (not isinstance(unique_key, str) or not unique_key or "\x00" in unique_key
+                    or len(unique_key) > MAX_UNIQUE_KEY_LENGTH):
+                raise ValueError(
+                    f"unique_key must be a non-empty string of at most "
+                    f"{MAX_UNIQUE_KEY_LENGTH} characters without NUL (hash longer keys), "
+                    f"got {str(unique_key)[:80]!r}")
             changes["unique_key"] = unique_key
         if max_attempts is not None:
             changes["max_attempts"] = validate_max_attempts(max_attempts)
@@ -158,7 +189,7 @@ class Task(_JobFactory[P], Generic[P, R]):
     ) -> None:
         self.app = app
         self.fn = fn
-        self.name = name
+        self.name = validate_task_name(name)
         self.queue = validate_queue(queue)
         self.max_attempts = validate_max_attempts(max_attempts)
         if timeout is not None and not timeout > 0:

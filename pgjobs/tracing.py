@@ -8,6 +8,7 @@ configured the spans are no-ops and nothing is stored.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -51,8 +52,13 @@ def process_span(tracer: trace.Tracer, *, queue: str, task: str, job_id: int, at
                  trace_context: Any) -> Iterator[trace.Span]:
     """The consumer span of one attempt, linked to the enqueueing span if known."""
     links = []
-    if isinstance(trace_context, dict) and trace_context:
-        producer = trace.get_current_span(propagate.extract(trace_context)).get_span_context()
+    if trace_context:
+        try:  # a malformed stored context must never fail the job
+            carrier = json.loads(trace_context) if isinstance(trace_context, str) else (
+                trace_context)
+            producer = trace.get_current_span(propagate.extract(carrier)).get_span_context()
+        except Exception:
+            producer = trace.INVALID_SPAN_CONTEXT
         if producer.is_valid:
             links.append(Link(producer))
     with tracer.start_as_current_span(

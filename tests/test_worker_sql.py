@@ -100,8 +100,7 @@ def _complete(q, ok=(), retry=(), dead=(), now=None):
         retry_delays=[d for _, _, d in retry], retry_errors=["boom"] * len(retry),
         dead_ids=[i for i, _ in dead], dead_tokens=[tok for _, tok in dead],
         dead_errors=["fatal"] * len(dead),
-        h_queues=[], h_tasks=[], h_succeeded=[], h_retried=[], h_dead=[], h_durations=[],
-        h_max_durations=[],
+        all_ids=[], all_durations=[],
     )[0][:3]
 
 

@@ -85,6 +85,19 @@ def parse_json_object(text: str, option: str) -> dict[str, Any]:
     return value
 
 
+def _first_line(exc: BaseException) -> str:
+    return config.redact_text((str(exc).strip().splitlines() or [type(exc).__name__])[0],
+                              SETTINGS.database_url)
+
+
+def _is_connection_error(exc: psycopg.Error) -> bool:
+    sqlstate = getattr(exc, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith("08") or sqlstate in CONNECTION_SQLSTATES
+
+
+CONNECTION_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
+
+
 def _reject_constant(name: str) -> Any:
     # Python's json accepts NaN/Infinity; JSON (and PostgreSQL's jsonb) do not.
     raise ValueError(f"{name} is not a JSON value")
@@ -94,6 +107,11 @@ def report_error(exc: BaseException) -> int:
     """Print a user error as one line; return the exit code (2), or re-raise."""
     if isinstance(exc, UserError | ConfigurationError):
         message = str(exc)
+    elif isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        message = (f"permission denied: {_first_line(exc)}; run this command as a role with "
+                   "the needed grants (see `pgjobs roles grant`)")
+    elif isinstance(exc, psycopg.OperationalError) and not _is_connection_error(exc):
+        message = f"the database refused the operation: {_first_line(exc)}"
     elif isinstance(exc, psycopg.OperationalError):
         message = describe_connect_error(exc, SETTINGS.database_url or "")
     else:

@@ -16,11 +16,13 @@ from .. import migrate as migrations
 from ..errors import QueueFull, SchemaMissingError
 from ..payload import DEFAULT_MAX_ARGS_BYTES, dump_args
 from ..task import (
+    MAX_UNIQUE_KEY_LENGTH,
     JobSpec,
     validate_delay,
     validate_max_attempts,
     validate_priority,
     validate_queue,
+    validate_task_name,
 )
 from .common import SETTINGS, UserError, connect, fail, parse_json_object, report_error
 
@@ -95,9 +97,11 @@ def enqueue(
 ) -> None:
     """Enqueue a job by task name (no import needed) and print its id."""
     kwargs = parse_json_object(args, "--args")
-    if not task.strip():
-        fail("task name must not be empty")
     try:
+        validate_task_name(task)
+        if unique_key is not None:
+            if not unique_key or len(unique_key) > MAX_UNIQUE_KEY_LENGTH:
+                raise ValueError(f"--unique-key must be 1 to {MAX_UNIQUE_KEY_LENGTH} characters")
         spec = JobSpec(
             task=task,
             queue=validate_queue(queue),

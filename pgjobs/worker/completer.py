@@ -205,7 +205,8 @@ class Completer:
                 "dead_ids": [r.job.id for r in dead],
                 "dead_tokens": [r.job.token for r in dead],
                 "dead_errors": [r.error or "failed" for r in dead],
-                **_history_params(batch),
+                "all_ids": [r.job.id for r in batch],
+                "all_durations": [r.duration for r in batch],
             }
             row = self._run_db(lambda c: c.execute(self._sql.COMPLETE_BATCH, params).fetchone())
             if row is not None:
@@ -285,25 +286,3 @@ class Completer:
         if buried:
             log.warning("%d job(s) with an expired lease were out of attempts and moved to "
                         "dead_letters: %s", len(buried), [r[1] for r in buried][:20])
-
-
-def _history_params(batch: list[Result]) -> dict[str, list[Any]]:
-    """Per (queue, task) totals of a batch, as arrays for the job_history upsert."""
-    totals: dict[tuple[str, str], list[float]] = {}
-    for r in batch:
-        if r.outcome is Outcome.RELEASE:
-            continue
-        t = totals.setdefault((r.job.queue, r.job.task), [0, 0, 0, 0.0, 0.0])
-        t[{Outcome.SUCCEEDED: 0, Outcome.RETRY: 1, Outcome.DEAD: 2}[r.outcome]] += 1
-        t[3] += r.duration
-        t[4] = max(t[4], r.duration)
-    keys = sorted(totals)
-    return {
-        "h_queues": [k[0] for k in keys],
-        "h_tasks": [k[1] for k in keys],
-        "h_succeeded": [int(totals[k][0]) for k in keys],
-        "h_retried": [int(totals[k][1]) for k in keys],
-        "h_dead": [int(totals[k][2]) for k in keys],
-        "h_durations": [totals[k][3] for k in keys],
-        "h_max_durations": [totals[k][4] for k in keys],
-    }

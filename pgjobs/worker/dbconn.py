@@ -33,6 +33,28 @@ KEEPALIVE_OPTIONS: dict[str, Any] = {
 CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
+# Server-side errors that mean "this session is gone or cannot start": admin shutdown,
+# crash shutdown, cannot connect now, too many connections.
+_SESSION_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
+
+
+def is_connection_failure(exc: BaseException, conn: psycopg.Connection[Any] | None) -> bool:
+    """True for a lost or refused connection, False for an error in a statement.
+
+    psycopg files both under OperationalError (e.g. "index row size exceeds maximum" is
+    one), and replaying a statement the server refused would loop forever.
+    """
+    if conn is None or conn.closed or conn.broken:
+        return True
+    sqlstate = getattr(exc, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith("08") or sqlstate in _SESSION_SQLSTATES
+
+
+def _is_transient_statement_error(exc: BaseException) -> bool:
+    sqlstate: str | None = getattr(exc, "sqlstate", None)
+    return sqlstate is not None and sqlstate.startswith("40")
+
+
 class ResilientConnection:
     """One autocommit connection owned by one thread; reconnects with jittered backoff.
 
@@ -76,6 +98,11 @@ class ResilientConnection:
                 finally:
                     self._busy_since = None
             except CONNECTION_ERRORS as exc:
+                if _is_transient_statement_error(exc) and not self._stopping.is_set():
+                    self._stopping.wait(random.uniform(0.01, 0.1))
+                    continue  # deadlock or serialization failure: the same statement may pass
+                if not is_connection_failure(exc, self._conn):
+                    raise  # a statement the server refused: retrying it cannot help
                 self.discard()
                 self._failures += 1
                 delay = min(5.0, 0.1 * 2 ** min(self._failures, 6)) * random.uniform(0.5, 1.0)

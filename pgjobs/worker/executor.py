@@ -14,14 +14,15 @@ import asyncio
 import ctypes
 import datetime as dt
 import inspect
+import json
 import logging
 import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -49,6 +50,9 @@ class _Running:
     job: ClaimedJob
     started: float
     deadline: float | None
+    # Pooled connections the handler holds now: cancelled if the job times out, so a
+    # handler stuck in a query gives its connection back to the pool.
+    connections: list[psycopg.Connection[Any]] = field(default_factory=list)
 
 
 class _Slot:
@@ -173,30 +177,38 @@ class ExecutorPool:
         started = time.monotonic()
         pickup = (dt.datetime.now(dt.UTC) - job.due_at).total_seconds()
         timeout = task.timeout if task is not None else None
+        running = _Running(job, started, started + timeout if timeout else None)
         with slot.lock:
-            slot.current = _Running(job, started, started + timeout if timeout else None)
+            slot.current = running
         with process_span(self._tracer, queue=job.queue, task=job.task, job_id=job.id,
                           attempt=job.attempt, trace_context=job.trace_context) as span:
-            result, exc = self._execute(job, task, started, timeout)
+            result, exc = self._execute(job, task, started, timeout, running)
             end_process_span(span, result.outcome.value, exc)
         result.pickup_latency = max(0.0, pickup)
         return result
 
-    def _execute(self, job: ClaimedJob, task: Any, started: float, timeout: float | None
-                 ) -> tuple[Result, BaseException | None]:
+    def _execute(self, job: ClaimedJob, task: Any, started: float, timeout: float | None,
+                 running: _Running) -> tuple[Result, BaseException | None]:
         if task is None:
             return Result(job, Outcome.DEAD, error=self._unknown_task(job)), None
-        problem = self._argument_problem(job, task.fn)
+        try:
+            args = json.loads(job.args) if isinstance(job.args, str) else job.args
+        except (ValueError, RecursionError) as exc:
+            return Result(job, Outcome.DEAD, error=(
+                f"malformed job: args could not be decoded ({type(exc).__name__}: "
+                f"{str(exc)[:200]})")), None
+        problem = self._argument_problem(job.task, args, task.fn)
         if problem:
             return Result(job, Outcome.DEAD, error=problem), None
         ctx = JobContext(
             id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
-            max_attempts=job.max_attempts, args=job.args, enqueued_at=job.created_at,
-            deadline=started + timeout if timeout else None, _borrow=self._borrow,
+            max_attempts=job.max_attempts, args=args, enqueued_at=job.created_at,
+            deadline=started + timeout if timeout else None,
+            _borrow=lambda: self._borrow_tracked(running),
         )
         token = set_current(ctx)
         try:
-            outcome = task.fn(**job.args)
+            outcome = task.fn(**args)
             if inspect.isawaitable(outcome):
                 asyncio.run(_await(outcome))
         except JobTimeout as exc:
@@ -206,6 +218,15 @@ class ExecutorPool:
         finally:
             reset_current(token)
         return Result(job, Outcome.SUCCEEDED, duration=time.monotonic() - started), None
+
+    @contextmanager
+    def _borrow_tracked(self, running: _Running) -> Iterator[psycopg.Connection[Any]]:
+        with self._borrow() as conn:
+            running.connections.append(conn)
+            try:
+                yield conn
+            finally:
+                running.connections.remove(conn)
 
     # --- outcomes ------------------------------------------------------------------------
 
@@ -250,6 +271,12 @@ class ExecutorPool:
                 running.job.id, running.job.task, stuck.name if stuck else "?")
             if stuck is not None and stuck.ident is not None:
                 _raise_in_thread(stuck.ident, JobTimeout)
+            if running.connections:
+                # A query blocks the thread in libpq, out of reach of JobTimeout: cancel
+                # it server-side so the handler fails and its connection returns. In a
+                # thread of its own: cancelling is a network round trip.
+                threading.Thread(target=_cancel_queries, args=(running,), daemon=True,
+                                 name=f"pgjobs-cancel-{running.job.id}").start()
             timeout = running.deadline - running.started
             self._report(self._timeout_result(running.job, timeout, now - running.started))
 
@@ -262,22 +289,22 @@ class ExecutorPool:
             "`pgjobs dead-letters requeue`"
         )
 
-    def _argument_problem(self, job: ClaimedJob, fn: Callable[..., Any]) -> str | None:
-        if not isinstance(job.args, dict):
+    def _argument_problem(self, task: str, args: Any, fn: Callable[..., Any]) -> str | None:
+        if not isinstance(args, dict):
             return (f"malformed job: args must be a JSON object of keyword arguments, got "
-                    f"{type(job.args).__name__}: {str(job.args)[:200]}")
-        if job.task not in self._signatures:
+                    f"{type(args).__name__}: {str(args)[:200]}")
+        if task not in self._signatures:
             try:
-                self._signatures[job.task] = inspect.signature(fn)
+                self._signatures[task] = inspect.signature(fn)
             except (TypeError, ValueError):
-                self._signatures[job.task] = None
-        signature = self._signatures[job.task]
+                self._signatures[task] = None
+        signature = self._signatures[task]
         if signature is not None:
             try:
-                signature.bind(**job.args)
+                signature.bind(**args)
             except TypeError as exc:
-                return (f"arguments do not match task {job.task!r}{signature}: {exc} "
-                        f"(args: {str(job.args)[:200]})")
+                return (f"arguments do not match task {task!r}{signature}: {exc} "
+                        f"(args: {str(args)[:200]})")
         return None
 
 
@@ -293,6 +320,15 @@ def format_error(exc: BaseException) -> str:
     if len(full) > MAX_ERROR_CHARS:
         full = full[: MAX_ERROR_CHARS // 2] + "\n…\n" + full[-MAX_ERROR_CHARS // 2 :]
     return full
+
+
+def _cancel_queries(running: _Running) -> None:
+    for conn in list(running.connections):
+        try:
+            conn.cancel_safe(timeout=5.0)
+        except Exception:
+            log.warning("could not cancel the query of timed-out job %d", running.job.id,
+                        exc_info=True)
 
 
 def _raise_in_thread(ident: int, exc_type: type[BaseException]) -> None:

@@ -16,14 +16,14 @@ class ClaimedJob:
     id: int
     queue: str
     task: str
-    args: Any
+    args: Any  # JSON text as claimed; the executor decodes it
     priority: int
     attempt: int
     max_attempts: int
     due_at: dt.datetime
     created_at: dt.datetime
     token: uuid.UUID
-    trace_context: Any
+    trace_context: Any  # JSON text or None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> ClaimedJob:
