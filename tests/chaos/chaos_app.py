@@ -46,6 +46,7 @@ import psycopg
 from psycopg import sql
 
 import pgjobs
+from tests.workers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_SPEC = "tests.chaos.chaos_app:app"
@@ -167,19 +168,6 @@ def worker_main() -> None:
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
-               message: str = "condition") -> Any:
-    """Poll ``condition`` until truthy; AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
 
 
 def _table(schema: str, name: str) -> sql.Identifier:
