@@ -26,6 +26,10 @@ from .jobs import ClaimedJob
 log = logging.getLogger("pgjobs.worker")
 
 POLL_JITTER = 0.2
+# Outcomes waiting to be written beyond which claiming pauses: enough to keep executors
+# busy while the completer flushes, small enough that a stalled completer cannot leave
+# tens of thousands of jobs leased (and the completion statement slow) behind it.
+MAX_UNWRITTEN_BACKLOG = 1000
 
 
 class Fetcher:
@@ -58,7 +62,11 @@ class Fetcher:
         self._poll_interval = poll_interval
         self._stopping = stopping
         self._cv = threading.Condition()
-        self._outstanding = 0  # claimed, outcome not yet written
+        # Executors plus prefetch: jobs claimed and not yet finished running.
+        self._unfinished = 0
+        # Jobs claimed whose outcome is not written yet (a superset of the above).
+        self._unwritten = 0
+        self._max_in_hand = capacity + MAX_UNWRITTEN_BACKLOG
         self._more_likely = True  # claim at start-up
         self._next_poll = 0.0
         self.claims = 0
@@ -72,16 +80,29 @@ class Fetcher:
             self._more_likely = True
             self._cv.notify()
 
+    def job_finished(self) -> None:
+        """A claimed job's attempt ended (its outcome is queued for writing)."""
+        with self._cv:
+            self._unfinished -= 1
+            self._notify_if_room()
+
     def jobs_settled(self, count: int) -> None:
         """``count`` claimed jobs have had their outcome written (or given up on).
 
-        Capacity frees only here, not when a handler returns: if writing outcomes falls
-        behind, claiming stops too, so jobs in hand stay bounded by ``capacity``.
+        Jobs whose outcome is not written yet still count against ``max_in_hand``: if
+        writing outcomes falls behind, claiming stops too, so the jobs a worker holds
+        leases on stay bounded.
         """
         with self._cv:
-            self._outstanding -= count
-            if self._more_likely and self._capacity - self._outstanding >= self._min_batch:
-                self._cv.notify()
+            self._unwritten -= count
+            self._notify_if_room()
+
+    def _free(self) -> int:
+        return min(self._capacity - self._unfinished, self._max_in_hand - self._unwritten)
+
+    def _notify_if_room(self) -> None:
+        if self._more_likely and self._free() >= self._min_batch:
+            self._cv.notify()
 
     def wake_at(self, monotonic_time: float) -> None:
         """Claim again no later than ``monotonic_time`` (a retry becomes due then)."""
@@ -96,7 +117,8 @@ class Fetcher:
 
     @property
     def outstanding(self) -> int:
-        return self._outstanding
+        """Jobs claimed and not yet finished running."""
+        return self._unfinished
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -114,9 +136,9 @@ class Fetcher:
     def _wait_for_capacity_and_reason(self) -> int:
         with self._cv:
             while not self._stopping.is_set():
-                free = self._capacity - self._outstanding
+                free = self._free()
                 now = time.monotonic()
-                if free >= self._min_batch or (free > 0 and self._outstanding == 0):
+                if free >= self._min_batch or (free > 0 and self._unfinished == 0):
                     if self._more_likely or now >= self._next_poll:
                         self._more_likely = False
                         return free
@@ -149,7 +171,8 @@ class Fetcher:
         if jobs:
             self._in_hand.add((j.id, j.token) for j in jobs)
             with self._cv:
-                self._outstanding += len(jobs)
+                self._unfinished += len(jobs)
+                self._unwritten += len(jobs)
             for job in jobs:
                 self._buffer.put(job)
         if len(jobs) == wanted:

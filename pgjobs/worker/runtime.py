@@ -221,7 +221,7 @@ class Worker:
             on_outcomes=lambda batch: self.on_outcomes(batch) if self.on_outcomes else None,
         )
         self.executors = ExecutorPool(
-            self.app, self.concurrency, self._buffer, report=self.completer.report,
+            self.app, self.concurrency, self._buffer, report=self._report,
             borrow=self._borrow_connection,
             worker_name=self.id, tracer=get_tracer(self.app.tracer_provider),
         )
@@ -234,6 +234,12 @@ class Worker:
         if self.listener is not None:
             self.listener.thread.start()
         self.fetcher.thread.start()
+
+    def _report(self, result: Result) -> None:
+        """An attempt ended: its executor slot is free; its outcome goes to be written."""
+        assert self.completer is not None and self.fetcher is not None
+        self.completer.report(result)
+        self.fetcher.job_finished()
 
     def _watch_stalls(self) -> None:
         """Unblock internal connections whose server stopped answering (see dbconn)."""
@@ -336,7 +342,7 @@ class Worker:
                 break
             if job is not None:
                 unstarted += 1
-                self.completer.report(Result(job, Outcome.RELEASE))
+                self._report(Result(job, Outcome.RELEASE))
         self.executors.stop_threads()
         running = len(self.executors.running_jobs())
         if running:
@@ -348,7 +354,7 @@ class Worker:
                         "without charging the attempt: %s", len(abandoned),
                         [j.id for j in abandoned][:20])
             for job in abandoned:
-                self.completer.report(Result(job, Outcome.RELEASE))
+                self._report(Result(job, Outcome.RELEASE))
         self.completer.close()
         self.completer.thread.join(timeout=15.0)
         if self.completer.thread.is_alive():
