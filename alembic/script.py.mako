@@ -8,7 +8,7 @@ Create Date: ${create_date}
 from __future__ import annotations
 
 from alembic import op
-from pgjobs.migrate import ddl
+from pgjobs.migrate import ddl, run_ddl  # noqa: F401 - for new migrations
 
 revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}

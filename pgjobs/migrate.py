@@ -46,6 +46,14 @@ def ddl(template: str) -> str:
     return composed.as_string(None)
 
 
+def run_ddl(statements: list[str]) -> None:
+    """Run DDL templates (``{schema}`` placeholders) in the current migration."""
+    from alembic import op
+
+    for statement in statements:
+        op.execute(ddl(statement))
+
+
 @dataclass
 class EnvironmentSettings:
     """What env.py needs: the schema and (online) a SQLAlchemy connection."""

@@ -7,8 +7,7 @@ Create Date: 2026-11-28
 
 from __future__ import annotations
 
-from alembic import op
-from pgjobs.migrate import ddl
+from pgjobs.migrate import run_ddl
 
 revision = "0001"
 down_revision = None
@@ -144,10 +143,8 @@ DOWNGRADE = [
 
 
 def upgrade() -> None:
-    for statement in UPGRADE:
-        op.execute(ddl(statement))
+    run_ddl(UPGRADE)
 
 
 def downgrade() -> None:
-    for statement in DOWNGRADE:
-        op.execute(ddl(statement))
+    run_ddl(DOWNGRADE)
