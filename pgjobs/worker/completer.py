@@ -31,6 +31,12 @@ MAX_BATCH = 2000
 WATCHDOG_INTERVAL = 0.05
 RETENTION_INTERVAL = 600.0
 HISTOGRAM_SAMPLES_PER_FLUSH = 16
+#: Leases are renewed this many times per lease period, so a live worker keeps its jobs
+#: through a stall (GIL-bound handler, slow flush, CPU starvation) of up to 3/4 of
+#: ``--lease-timeout``. With half the lease as slack, a 1 s lease was lost by a live
+#: worker whose handler was zero-filling 900 MB on a loaded CI machine.
+HEARTBEATS_PER_LEASE = 4
+MIN_HEARTBEAT_INTERVAL = 0.1
 
 
 @dataclass
@@ -92,10 +98,12 @@ class Completer:
         self._on_retry_due = on_retry_due
         self._instruments = instruments
         self._register = register
+        self._renewed_at = time.monotonic()
         self._unregister = unregister
         self._timers = [
             _Timer(WATCHDOG_INTERVAL, watchdog),
-            _Timer(max(0.5, lease_seconds / 3), self._heartbeat),
+            _Timer(max(MIN_HEARTBEAT_INTERVAL, lease_seconds / HEARTBEATS_PER_LEASE),
+                   self._heartbeat),
             _Timer(rescue_interval, self._rescue),
         ]
         if ping is not None:
@@ -254,16 +262,22 @@ class Completer:
     # --- periodic duties -----------------------------------------------------------------
 
     def _heartbeat(self) -> None:
-        if self._register is not None:
+        self._renew_leases()
+        if self._register is not None:  # after the leases: those are what expire
             self._run_db(self._register)
+
+    def _renew_leases(self) -> None:
         ids, tokens = self._in_hand.snapshot()
         if not ids:
+            self._renewed_at = time.monotonic()
             return
         params = {"now": None, "ids": ids, "tokens": tokens,
                   "lease_seconds": self._lease_seconds}
         rows = self._run_db(lambda c: c.execute(self._sql.HEARTBEAT, params).fetchall())
         if rows is None:
             return
+        since = time.monotonic() - self._renewed_at
+        self._renewed_at = time.monotonic()
         kept = {r[0] for r in rows}
         lost = [i for i in ids if i not in kept]
         # Jobs finished since the snapshot are gone from in_hand; only the rest were lost.
@@ -273,7 +287,8 @@ class Completer:
             self.stats.lost_leases += len(lost)
             self._in_hand.remove(lost)
             log.warning("lost the lease of job(s) %s (expired and rescued elsewhere?): they "
-                        "may run twice", lost[:20])
+                        "may run twice; the previous renewal was %.2f s ago (lease %g s)",
+                        lost[:20], since, self._lease_seconds)
 
     def _rescue(self) -> None:
         params = {"now": None, "limit": 1000}

@@ -56,6 +56,8 @@ QUEUE = "chaos"
 ORDINARY_MAX_ATTEMPTS = 25
 #: Address-space cap (MiB) for workers that may run ``chaos.hog``; see :func:`worker_main`.
 HOG_RLIMIT_AS_MB = 1024
+#: Work per job in the burst scenario: slow enough that the burst outruns the worker.
+BURST_JOB_MS = 20.0
 
 Progress = Callable[[str], None]
 
@@ -113,8 +115,11 @@ def make_app(database_url: str | None = None, schema: str | None = None,
             conn.execute("SELECT pg_sleep(300)")
 
     @app.task(name="chaos.hog", max_attempts=2, backoff=_fast_backoff)
-    def hog(chunk_mb: int = 50) -> None:
+    def hog(chunk_mb: int = 16) -> None:
         """Poison: allocates ``chunk_mb`` chunks until the allocator says no.
+
+        Each zero-fill holds the GIL, so the chunk size bounds how long the worker's
+        other threads (heartbeat included) wait for it at a time.
 
         Bounded by the worker's RLIMIT_AS (see :func:`worker_main`); it refuses to run in a
         worker without one rather than eat the machine. ``bytearray(n)`` zero-fills, so
@@ -517,9 +522,22 @@ class Report:
         if self.problems:
             lines.append("   PROBLEMS:")
             lines += [f"     - {p}" for p in self.problems]
+            lines += self._post_mortem()
         else:
             lines.append("   books balance: OK")
         return "\n".join(lines)
+
+
+    def _post_mortem(self) -> list[str]:
+        """Worker log lines around the suspicious jobs, so a failed CI run explains itself."""
+        suspects = (self.unexplained_duplicates + self.lost)[:10]
+        if not suspects or not self.logs:
+            return []
+        ids = re.compile(r"\b(" + "|".join(str(i) for i in suspects) + r")\b")
+        hits = [line for line in self.logs.splitlines()
+                if ids.search(line) or " WARNING " in line or " ERROR " in line]
+        return ["   worker log lines naming those jobs, and all warnings (last 40):"] + [
+            f"     | {line[:300]}" for line in hits[-40:]]
 
 
 _NUMBERS = re.compile(r"\[[^\]]*\]|\b\d+(\.\d+)?\b|[0-9a-f]{6}\b")
@@ -810,9 +828,10 @@ def terminate_scenario(url: str, schema: str, duration: float = 6.0, *, every: f
 
 
 def _burst(task: Any, url: str, attempts: int, threads: int,
-           ids: dict[int, str], errors: list[str]) -> tuple[int, int]:
-    """``threads`` threads make ``attempts`` single-job enqueues of ``task`` in all, each
-    in its own committed transaction; returns (committed, QueueFull)."""
+           ids: dict[int, str], errors: list[str], ms: float = 0.0) -> tuple[int, int]:
+    """``threads`` threads make ``attempts`` single-job enqueues of ``task`` (jobs of
+    ``ms`` of work) in all, each in its own committed transaction; returns
+    (committed, QueueFull)."""
     tickets = itertools.count()
     lock = threading.Lock()
     counts = Counter[str]()
@@ -825,7 +844,7 @@ def _burst(task: Any, url: str, attempts: int, threads: int,
                 if ticket >= attempts:
                     return
                 try:
-                    job_id = task.enqueue(conn, n=ticket)
+                    job_id = task.enqueue(conn, n=ticket, ms=ms)
                     conn.commit()
                 except pgjobs.QueueFull:
                     conn.rollback()
@@ -887,11 +906,16 @@ def burst_scenario(url: str, schema: str, duration: float = 0.0, *, attempts: in
     ``duration`` has passed (at least one burst). QueueFull for the excess, no other
     error, every committed job processed, the worker's peak RSS under ``rss_limit_mb``.
 
+    The jobs take ``BURST_JOB_MS`` each and the worker has 4 executors, so it drains at
+    most ~200 jobs/s: a burst must outrun it and reach the limit on any machine (with
+    no-op jobs a fast worker kept up with 16 slow enqueuers and QueueFull never came).
+
     ``check_limit``: first, with no worker, :func:`limit_overshoot` (its jobs are then
     drained and checked with the rest).
     """
     report = Report("burst", f"{threads} threads, bursts of {attempts:,} enqueue attempts, "
-                    f"pending limit {limit}, 1 worker draining",
+                    f"pending limit {limit}, 1 worker (4 executors) draining jobs of "
+                    f"{BURST_JOB_MS:g} ms",
                     duration, fault_kind="bursts")
     with psycopg.connect(url, autocommit=True) as db:
         prepare(db, schema)
@@ -932,7 +956,8 @@ def burst_scenario(url: str, schema: str, duration: float = 0.0, *, attempts: in
             task = app.tasks["chaos.work"]
             while True:
                 started = time.monotonic()
-                committed, full = _burst(task, url, attempts, threads, ids, errors)
+                committed, full = _burst(task, url, attempts, threads, ids, errors,
+                                         ms=BURST_JOB_MS)
                 burst_seconds.append(time.monotonic() - started)
                 bursts += 1
                 total_committed += committed
@@ -980,7 +1005,7 @@ POISON = ("chaos.exit", "chaos.hang", "chaos.hog")
 
 
 def poison_scenario(url: str, schema: str, duration: float = 8.0, *, rate: float = 40.0,
-                    lease: float = 1.0, progress: Progress = _quiet) -> Report:
+                    lease: float = 2.0, progress: Progress = _quiet) -> Report:
     """2 workers (restarted when they die) serve ordinary jobs while poison jobs arrive:
     one that kills its worker (max_attempts 2), one that blocks in ``time.sleep(3600)``
     (timeout 0.5 s, max_attempts 1) and one that allocates until MemoryError under the
