@@ -150,7 +150,8 @@ SET state = 'running',
 FROM picked
 WHERE j.id = picked.id
 RETURNING j.id, j.queue, j.task, j.args::text, j.priority, j.attempts, j.max_attempts,
-          j.next_run_at, j.created_at, j.lease_token, j.trace_context::text
+          extract(epoch FROM j.next_run_at)::float8, j.created_at, j.lease_token::text,
+          j.trace_context::text
 """
 
 # Claim from named queues: one ordered index range per queue (jobs_queue_claim_idx),
@@ -180,7 +181,8 @@ SET state = 'running',
 FROM candidates
 WHERE j.id = candidates.id
 RETURNING j.id, j.queue, j.task, j.args::text, j.priority, j.attempts, j.max_attempts,
-          j.next_run_at, j.created_at, j.lease_token, j.trace_context::text
+          extract(epoch FROM j.next_run_at)::float8, j.created_at, j.lease_token::text,
+          j.trace_context::text
 """
 
 # When the next scheduled job becomes due, so an idle fetcher sleeps exactly that long.

@@ -9,6 +9,7 @@ configured the spans are no-ops and nothing is stored.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,6 +24,34 @@ SYSTEM = "pgjobs"
 def get_tracer(provider: Any | None) -> trace.Tracer:
     """The pgjobs tracer from ``provider`` (default: the global provider)."""
     return trace.get_tracer(TRACER_NAME, tracer_provider=provider)
+
+
+def tracing_enabled(provider: Any | None) -> bool:
+    """False when every span would be a no-op: no provider given and none installed
+    globally (then the worker skips span bookkeeping that costs more than a no-op job)."""
+    if provider is None:
+        provider = trace.get_tracer_provider()
+    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
+class TracingSwitch:
+    """:func:`tracing_enabled`, re-checked at most once a second: looking up the global
+    provider reads ``os.environ`` every time, and a provider installed after the worker
+    started must still take effect."""
+
+    RECHECK_SECONDS = 1.0
+
+    def __init__(self, provider: Any | None) -> None:
+        self._provider = provider
+        self._enabled = False
+        self._checked_at = float("-inf")
+
+    def enabled(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked_at >= self.RECHECK_SECONDS:
+            self._enabled = tracing_enabled(self._provider)
+            self._checked_at = now
+        return self._enabled
 
 
 @contextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import datetime as dt
 import inspect
 import json
 import logging
@@ -29,7 +28,7 @@ import psycopg
 
 from ..context import JobContext, reset_current, set_current
 from ..retry import is_permanent, retry_delay
-from ..tracing import end_process_span, get_tracer, process_span
+from ..tracing import TracingSwitch, end_process_span, get_tracer, process_span
 from .jobs import ClaimedJob, Outcome, Result
 
 if TYPE_CHECKING:
@@ -77,16 +76,17 @@ class ExecutorPool:
         report: Callable[[Result], None],
         borrow: Callable[[], AbstractContextManager[psycopg.Connection[Any]]],
         worker_name: str,
-        tracer: Any = None,
+        tracer_provider: Any = None,
     ) -> None:
         self._app = app
-        self._tracer = tracer if tracer is not None else get_tracer(None)
+        self._tracing = TracingSwitch(tracer_provider)
+        self._tracer = get_tracer(tracer_provider)
         self._buffer = buffer
         self._report = report
         self._borrow = borrow
         self._worker_name = worker_name
         self._slots = [_Slot(i) for i in range(concurrency)]
-        self._signatures: dict[str, inspect.Signature | None] = {}
+        self._signatures: dict[str, _Signature | None] = {}
         self.abandoned_threads = 0
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -175,15 +175,18 @@ class ExecutorPool:
     def _run(self, slot: _Slot, generation: int, job: ClaimedJob) -> Result:
         task = self._app.tasks.get(job.task)
         started = time.monotonic()
-        pickup = (dt.datetime.now(dt.UTC) - job.due_at).total_seconds()
+        pickup = time.time() - job.due_epoch
         timeout = task.timeout if task is not None else None
         running = _Running(job, started, started + timeout if timeout else None)
         with slot.lock:
             slot.current = running
-        with process_span(self._tracer, queue=job.queue, task=job.task, job_id=job.id,
-                          attempt=job.attempt, trace_context=job.trace_context) as span:
-            result, exc = self._execute(job, task, started, timeout, running)
-            end_process_span(span, result.outcome.value, exc)
+        if self._tracing.enabled():
+            with process_span(self._tracer, queue=job.queue, task=job.task, job_id=job.id,
+                              attempt=job.attempt, trace_context=job.trace_context) as span:
+                result, exc = self._execute(job, task, started, timeout, running)
+                end_process_span(span, result.outcome.value, exc)
+        else:
+            result, _ = self._execute(job, task, started, timeout, running)
         result.pickup_latency = max(0.0, pickup)
         return result
 
@@ -294,18 +297,49 @@ class ExecutorPool:
             return (f"malformed job: args must be a JSON object of keyword arguments, got "
                     f"{type(args).__name__}: {str(args)[:200]}")
         if task not in self._signatures:
-            try:
-                self._signatures[task] = inspect.signature(fn)
-            except (TypeError, ValueError):
-                self._signatures[task] = None
+            self._signatures[task] = _Signature.of(fn)
         signature = self._signatures[task]
-        if signature is not None:
+        if signature is not None and not signature.accepts(args):
             try:
-                signature.bind(**args)
+                signature.full.bind(**args)
             except TypeError as exc:
-                return (f"arguments do not match task {task!r}{signature}: {exc} "
+                return (f"arguments do not match task {task!r}{signature.full}: {exc} "
                         f"(args: {str(args)[:200]})")
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Signature:
+    """A handler's keyword parameters, for a per-job check much cheaper than
+    ``Signature.bind`` (which then only runs to explain a mismatch)."""
+
+    full: inspect.Signature
+    names: frozenset[str]
+    required: frozenset[str]
+    any_keyword: bool
+    needs_positional: bool  # a required positional-only parameter: never satisfiable
+
+    @classmethod
+    def of(cls, fn: Callable[..., Any]) -> _Signature | None:
+        try:
+            full = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return None
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        params = [p for p in full.parameters.values() if p.kind in kinds]
+        return cls(
+            full,
+            frozenset(p.name for p in params),
+            frozenset(p.name for p in params if p.default is inspect.Parameter.empty),
+            any(p.kind is inspect.Parameter.VAR_KEYWORD for p in full.parameters.values()),
+            any(p.kind is inspect.Parameter.POSITIONAL_ONLY and p.default is p.empty
+                for p in full.parameters.values()),
+        )
+
+    def accepts(self, args: dict[str, Any]) -> bool:
+        keys = args.keys()
+        return (not self.needs_positional and self.required <= keys
+                and (self.any_keyword or keys <= self.names))
 
 
 async def _await(awaitable: Any) -> Any:

@@ -167,7 +167,7 @@ class Fetcher:
         self.claims += 1
         jobs = [ClaimedJob.from_row(row) for row in rows]
         # Claim order is not row order (UPDATE … RETURNING); run by priority, then due time.
-        jobs.sort(key=lambda j: (-j.priority, j.due_at, j.id))
+        jobs.sort(key=lambda j: (-j.priority, j.due_epoch, j.id))
         if jobs:
             self._in_hand.add((j.id, j.token) for j in jobs)
             with self._cv:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterable
 
 
@@ -11,10 +10,10 @@ class InHand:
     """Thread-safe map of job id to lease token (the heartbeat renews all of them)."""
 
     def __init__(self) -> None:
-        self._tokens: dict[int, uuid.UUID] = {}
+        self._tokens: dict[int, str] = {}
         self._lock = threading.Lock()
 
-    def add(self, items: Iterable[tuple[int, uuid.UUID]]) -> None:
+    def add(self, items: Iterable[tuple[int, str]]) -> None:
         with self._lock:
             self._tokens.update(items)
 
@@ -23,7 +22,7 @@ class InHand:
             for job_id in ids:
                 self._tokens.pop(job_id, None)
 
-    def snapshot(self) -> tuple[list[int], list[uuid.UUID]]:
+    def snapshot(self) -> tuple[list[int], list[str]]:
         with self._lock:
             return list(self._tokens), list(self._tokens.values())
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,16 +19,16 @@ class ClaimedJob:
     priority: int
     attempt: int
     max_attempts: int
-    due_at: dt.datetime
+    due_epoch: float  # next_run_at as Unix time: cheaper to load than a datetime
     created_at: dt.datetime
-    token: uuid.UUID
+    token: str  # the lease token (a UUID) as text: loaded and sent back without parsing
     trace_context: Any  # JSON text or None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> ClaimedJob:
-        (job_id, queue, task, args, priority, attempt, max_attempts, due_at, created_at,
+        (job_id, queue, task, args, priority, attempt, max_attempts, due_epoch, created_at,
          token, trace_context) = row
-        return cls(job_id, queue, task, args, priority, attempt, max_attempts, due_at,
+        return cls(job_id, queue, task, args, priority, attempt, max_attempts, due_epoch,
                    created_at, token, trace_context)
 
 

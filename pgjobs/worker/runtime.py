@@ -29,7 +29,6 @@ import psycopg
 
 from ..errors import ConfigurationError, SchemaMissingError
 from ..metrics import WorkerInstruments
-from ..tracing import get_tracer
 from .completer import Completer, WorkerStats
 from .dbconn import ResilientConnection
 from .executor import ExecutorPool
@@ -223,7 +222,7 @@ class Worker:
         self.executors = ExecutorPool(
             self.app, self.concurrency, self._buffer, report=self._report,
             borrow=self._borrow_connection,
-            worker_name=self.id, tracer=get_tracer(self.app.tracer_provider),
+            worker_name=self.id, tracer_provider=self.app.tracer_provider,
         )
         executors_ref.append(self.executors)
         self._stall_watch = threading.Thread(target=self._watch_stalls, daemon=True,

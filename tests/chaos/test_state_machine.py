@@ -202,6 +202,7 @@ class JobsMachine(RuleBasedStateMachine):
         assert sorted(r[0] for r in rows) == sorted(j.id for j in due[:limit])
         event(f"claim: {len(rows)} claimed")
         for row in rows:
+            row = (*row[:9], uuid.UUID(row[9]), *row[10:])  # the claim returns tokens as text
             job = self.jobs[row[0]]
             assert (row[1], row[2], row[5], row[6]) == (
                 job.queue, job.task, job.attempts + 1, job.max_attempts)
