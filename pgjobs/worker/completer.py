@@ -31,6 +31,8 @@ MAX_BATCH = 2000
 WATCHDOG_INTERVAL = 0.05
 RETENTION_INTERVAL = 600.0
 HISTOGRAM_SAMPLES_PER_FLUSH = 16
+#: Flushes of at most this many outcomes use a prepared statement (see _write).
+PREPARED_FLUSH_MAX = 32
 #: Leases are renewed this many times per lease period, so a live worker keeps its jobs
 #: through a stall (GIL-bound handler, slow flush, CPU starvation) of up to 3/4 of
 #: ``--lease-timeout``. With half the lease as slack, a 1 s lease was lost by a live
@@ -229,7 +231,11 @@ class Completer:
                 "all_ids": array_literal(r.job.id for r in batch),
                 "all_durations": array_literal(r.duration for r in batch),
             }
-            row = self._run_db(lambda c: c.execute(self._sql.COMPLETE_BATCH, params).fetchone())
+            # Small flushes (an idle worker's) reuse a prepared plan; large ones are
+            # planned for their arrays: the generic plan joins them pairwise, O(n²).
+            prepare = self._conn.prepare_statements and len(batch) <= PREPARED_FLUSH_MAX
+            row = self._run_db(lambda c: c.execute(self._sql.COMPLETE_BATCH, params,
+                                                   prepare=prepare).fetchone())
             if row is not None:
                 succeeded, retried, buried, _ = row
                 self.stats.succeeded += succeeded
@@ -244,7 +250,8 @@ class Completer:
         if release:
             params = {"ids": array_literal(r.job.id for r in release),
                       "tokens": array_literal(r.job.token for r in release)}
-            rows = self._run_db(lambda c: c.execute(self._sql.RELEASE_JOBS, params).fetchall())
+            rows = self._run_db(
+                lambda c: c.execute(self._sql.RELEASE_JOBS, params, prepare=False).fetchall())
             if rows is not None:
                 self.stats.released += len(rows)
 
@@ -285,7 +292,8 @@ class Completer:
             return
         params = {"now": None, "ids": array_literal(ids), "tokens": array_literal(tokens),
                   "lease_seconds": self._lease_seconds}
-        rows = self._run_db(lambda c: c.execute(self._sql.HEARTBEAT, params).fetchall())
+        rows = self._run_db(
+            lambda c: c.execute(self._sql.HEARTBEAT, params, prepare=False).fetchall())
         if rows is None:
             return
         since = time.monotonic() - self._renewed_at

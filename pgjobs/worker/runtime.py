@@ -185,8 +185,11 @@ class Worker:
         self._in_hand = InHand()
         self._buffer: queue.SimpleQueue[ClaimedJob | None] = queue.SimpleQueue()
         self._url = url
-        self._fetch_conn = ResilientConnection(url, "fetch", self._stopping, name)
-        self._complete_conn = ResilientConnection(url, "complete", self._abort, name)
+        prepare = not self.poll_only  # --poll-only: PgBouncer in transaction mode
+        self._fetch_conn = ResilientConnection(url, "fetch", self._stopping, name,
+                                               prepare_statements=prepare)
+        self._complete_conn = ResilientConnection(url, "complete", self._abort, name,
+                                                  prepare_statements=prepare)
         self.fetcher = Fetcher(
             self.app.sql, self._fetch_conn,
             queues=self.queues, capacity=self.concurrency + self.prefetch, buffer=self._buffer,
