@@ -52,7 +52,8 @@ enqueue
       shape every transactional enqueue has); ``single.diag.limit_vs_tx_insert`` is
       pgjobs' own share of the gap. ``bulk.diag.server_insert_select`` inserts the same
       rows with ``INSERT ... SELECT generate_series`` (no client at all): the ceiling
-      this server puts on any bulk enqueue into this table and its indexes.
+      this server puts on any bulk enqueue into this table and its indexes;
+      ``..._no_indexes`` is the same into a copy of the table without indexes.
 
 work (handlers are no-ops unless said otherwise; the worker runs in this process, in a
 thread, with ``install_signal_handlers=False``)
@@ -577,6 +578,15 @@ def bench_enqueue(cfg: argparse.Namespace, report: Report) -> None:
               "alternating, plus the server-side INSERT ... SELECT ceiling", flush=True)
         bulk: dict[str, list[tuple[float, float]]] = {"nolimit": [], "limit": []}
         server_rates: list[float] = []
+        bare_rates: list[float] = []
+        bare = sql.Identifier(schemas["baseline"], "jobs_without_indexes")
+        bare_table = (sql.SQL("DROP TABLE IF EXISTS {bare}; CREATE TABLE {bare} (LIKE {jobs} "
+                              "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING IDENTITY)")
+                      .format(bare=bare, jobs=jobs_table(schemas["baseline"]))
+                      .as_string(base_conn))
+        ceiling_bare = (sql.SQL("INSERT INTO {} (queue, task, args) SELECT %s, %s, "
+                                "jsonb_build_object('i', g) FROM generate_series(1, %s) AS g")
+                        .format(bare).as_string(base_conn))
         ceiling = (sql.SQL("INSERT INTO {} (queue, task, args) SELECT %s, %s, "
                            "jsonb_build_object('i', g) FROM generate_series(1, %s) AS g")
                    .format(jobs_table(schemas["baseline"])).as_string(base_conn))
@@ -592,6 +602,14 @@ def bench_enqueue(cfg: argparse.Namespace, report: Report) -> None:
                         conn.execute(ceiling, (QUEUE, task_name, cfg.bulk_n))
                         conn.commit()
                         server_rates.append(cfg.bulk_n / (perf() - t0))
+                    # The same into a copy of the table without its indexes: how much of
+                    # the ceiling is the claim indexes' maintenance.
+                    with psycopg.connect(url) as conn:
+                        conn.execute(bare_table)
+                        t0 = perf()
+                        conn.execute(ceiling_bare, (QUEUE, task_name, cfg.bulk_n))
+                        conn.commit()
+                        bare_rates.append(cfg.bulk_n / (perf() - t0))
                     continue
                 reset(v)
                 conn, task, app = tx_conns[v], tasks[v], apps[v]
@@ -630,6 +648,10 @@ def bench_enqueue(cfg: argparse.Namespace, report: Report) -> None:
                    what="INSERT ... SELECT generate_series of the same rows, no client")
         report.add("enqueue.bulk.diag.nolimit_vs_server", nolimit_median / server_median,
                    "ratio")
+        report.add("enqueue.bulk.diag.server_insert_select_no_indexes",
+                   statistics.median(bare_rates), "jobs/s", per_rep=_rounded(bare_rates),
+                   n=cfg.bulk_n, what="the same INSERT ... SELECT into a copy of jobs "
+                   "without indexes (the claim indexes' share of the ceiling)")
 
 
 # --- work ---------------------------------------------------------------------------------

@@ -286,3 +286,21 @@ def test_task_stays_callable(app):
 
     assert add(a=1, b=2) == 3
     assert json.loads(add.job(a=1, b=2).args_json) == {"a": 1, "b": 2}
+
+
+def test_enqueue_many_copy_round_trips_names_and_args_that_need_escaping(app, conn, db, schema):
+    # enqueue_many writes COPY's text format itself: tabs, newlines, CRs and backslashes
+    # in names, and backslashes in JSON, must arrive exactly as given.
+    name = "t\tab\\slash\nnew\rline é"
+    queue = "q\\\t\n\r ü"
+
+    @app.task(name=name, queue=queue)
+    def odd(s: str, n: list) -> None: ...
+
+    args = {"s": 'back\\slash "quote" \t tab \n nl \\N é 😀', "n": [1, 2.5, None, "\\"]}
+    ids = app.enqueue_many(conn, [odd.job(**args), odd.options(delay=60, priority=7).job(**args)])
+    conn.commit()
+    rows = db.execute(sql.SQL(
+        "SELECT id, queue, task, args, priority, next_run_at - created_at > interval '59 s' "
+        "FROM {} ORDER BY id").format(sql.Identifier(schema, "jobs"))).fetchall()
+    assert rows == [(ids[0], queue, name, args, 0, False), (ids[1], queue, name, args, 7, True)]
