@@ -52,3 +52,51 @@ def test_a_live_worker_renews_its_leases_four_times_per_lease_period(pg_url, sch
     # Every 0.25 s: about 6 renewals in 1.5 s; every 0.5 s (the old rate) only 3.
     assert len(seen) - 1 >= 4, sorted(seen)
     assert worker.stats.lost_leases == 0
+
+
+def test_a_pooled_connection_that_died_idle_does_not_cost_a_job_an_attempt(pg_url, schema, db):
+    # The handler pool checks a connection when lending it: one terminated while idle
+    # (server restart, failover, pg_terminate_backend) is replaced, not handed to a job.
+    app = pgjobs.App(pg_url, schema=schema)
+    attempts: list[int] = []
+
+    @app.task(name="pool.query", max_attempts=3, backoff=lambda attempt: 0.05)
+    def query() -> None:
+        job = pgjobs.current_job()
+        with job.connection() as conn:
+            conn.execute("SELECT 1")
+        attempts.append(job.attempt)
+
+    worker = app.worker(concurrency=1, install_signal_handlers=False, poll_interval=0.2)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        assert worker.started.wait(30)
+
+        def backends() -> list[int]:
+            return [r[0] for r in db.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                [worker._application_name])]
+
+        wait_until(lambda: len(backends()) == 3, 10, message="fetch, complete and listen")
+        before = set(backends())
+        with psycopg.connect(pg_url) as conn:
+            query.enqueue(conn)
+            conn.commit()
+        wait_until(lambda: attempts == [1], 30, message="the first job done")
+        wait_until(lambda: count(db, schema, "jobs") == 0, 30, message="its outcome written")
+        # The pool opens connections on demand (min_size 0): the worker's backends that
+        # were not there before the first job are the pooled one.
+        pooled = set(backends()) - before
+        assert len(pooled) == 1, (before, backends())
+        terminated = db.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid",
+                                [list(pooled)]).fetchall()
+        assert terminated == [(True,)], terminated
+        with psycopg.connect(pg_url) as conn:
+            query.enqueue(conn)
+            conn.commit()
+        wait_until(lambda: len(attempts) == 2, 30, message="the second job done")
+        assert attempts == [1, 1]  # not failed once on the dead connection, then retried
+    finally:
+        worker.stop()
+        thread.join(30)

@@ -140,6 +140,32 @@ def test_sigterm_lets_running_jobs_finish(env, pg_url, schema, db):
         worker.kill()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_start_up_exits_cleanly_without_claiming(pg_url, schema, db, tmp_path,
+                                                                signum):
+    # An orchestrator may stop a worker while it is still importing the application:
+    # that must be a clean exit (0), not death by the signal's default action (143).
+    app = pgjobs.App(pg_url, schema=schema)
+
+    @app.task(name="slow_import.job")
+    def job() -> None: ...
+
+    _enqueue(app, pg_url, "slow_import.job", 3)
+    release = tmp_path / "release"
+    worker = WorkerProcess(pg_url, schema, app="tests.apps.slow_import:app",
+                           env_extra={"SLOW_IMPORT_RELEASE": str(release)})
+    try:
+        wait_until(lambda: "slow_import: importing" in worker.log
+                   or worker.proc.poll() is not None, 30, message="the App import to start")
+        worker.signal(signum)
+        release.touch()
+        assert worker.wait(30) == 0, worker.log
+        assert "during start-up" in worker.log and "before it started" in worker.log
+        assert count(db, schema, "jobs", "state = 'pending' AND attempts = 0") == 3
+    finally:
+        worker.kill()
+
+
 def test_shutdown_timeout_returns_unfinished_jobs_uncharged(env, pg_url, schema, db):
     ids = _enqueue(env, pg_url, "sleepy", 2, seconds=60)
     _enqueue(env, pg_url, "record", 5)  # claimed into the buffer, never started

@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
-from typing import Annotated
+from types import FrameType
+from typing import Annotated, Any
 
 import typer
 
@@ -67,6 +69,35 @@ def configure_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
 
 
+class StartupSignals:
+    """SIGTERM/SIGINT while ``pgjobs work`` is still starting (importing the App,
+    checking the schema): remembered and honoured as soon as the worker exists, instead
+    of the default action killing the process (exit 143) mid-start. A second signal
+    exits at once, as it does later. The worker installs its own handlers in ``run()``.
+    """
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._worker: Any = None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            os._exit(128 + signum)
+        self.received = name
+        logging.getLogger("pgjobs.worker").info(
+            "%s during start-up: the worker will stop before claiming anything", name)
+        if self._worker is not None:
+            self._worker.stop()
+
+    def attach(self, worker: Any) -> None:
+        self._worker = worker
+        if self.received is not None:
+            worker.stop()
+
+
 def parse_queues(queues: str | None) -> list[str] | None:
     """``a,b`` → ``["a", "b"]``; nothing → every queue."""
     if queues is None:
@@ -113,6 +144,7 @@ def work(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run a fixed pool of workers for APP until SIGTERM/SIGINT, then drain cleanly."""
+    startup = StartupSignals()  # first: loading the App below may take a while
     from .dead_letters import parse_duration
 
     configure_logging(log_level)
@@ -133,6 +165,7 @@ def work(
         poll_interval=poll_interval, poll_only=poll_only,
         history_retention=retention[0], dead_letter_retention=retention[1],
     )
+    startup.attach(worker)
     worker.run()
 
 

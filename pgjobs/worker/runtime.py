@@ -141,6 +141,11 @@ class Worker:
         url = self.app.database_url
         self._check_schema(url)
         restore = self._install_signals()
+        if self._stop_requested.is_set():  # stop() (or a signal) before it started
+            log.info("worker stopped before it started: nothing was claimed")
+            restore()
+            self.stopped.set()
+            return
         try:
             self._start(url)
             log.info("worker %s: %d executors on %s, pool %d connections, schema %r",
@@ -298,6 +303,10 @@ class Worker:
                     max_size=self.pool_size - internal_connections(self.poll_only),
                     open=True, name="pgjobs-handlers", timeout=30,
                     kwargs={"application_name": self._application_name},
+                    # One empty round trip per borrow, so a connection that died idle
+                    # (server restart, failover, pg_terminate_backend) is replaced
+                    # instead of failing the next handler's attempt.
+                    check=ConnectionPool.check_connection,
                 )
         with self._handler_pool.connection(timeout=timeout) as conn:
             yield conn
