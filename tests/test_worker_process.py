@@ -140,6 +140,27 @@ def test_sigterm_lets_running_jobs_finish(env, pg_url, schema, db):
         worker.kill()
 
 
+def test_queues_and_queue_select_what_the_worker_serves(env, pg_url, schema, db):
+    record = env.tasks["record"]
+    with psycopg.connect(pg_url) as conn:
+        served = env.enqueue_many(conn, [record.options(queue=q).job(n=i)
+                                         for i, q in enumerate(["a", "b,c", "a"])])
+        left = env.enqueue_many(conn, [record.options(queue=q).job(n=9)
+                                       for q in ["b", "c", "other"]])
+        conn.commit()
+    worker = WorkerProcess(pg_url, schema, "--queues", "a", "--queue", "b,c")
+    try:
+        worker.wait_started()
+        wait_until(lambda: len(_executions(db, schema)) == 3, 30, message="a and 'b,c' done")
+        assert sorted(r[0] for r in _executions(db, schema)) == sorted(served)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker.log
+        assert sorted(r[0] for r in db.execute(sql.SQL("SELECT id FROM {}").format(
+            sql.Identifier(schema, "jobs")))) == sorted(left)
+    finally:
+        worker.kill()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_during_start_up_exits_cleanly_without_claiming(pg_url, schema, db, tmp_path,
                                                                 signum):

@@ -98,11 +98,13 @@ class StartupSignals:
             worker.stop()
 
 
-def parse_queues(queues: str | None) -> list[str] | None:
-    """``a,b`` → ``["a", "b"]``; nothing → every queue."""
-    if queues is None:
+def parse_queues(queues: str | None, exact: list[str] | None = None) -> list[str] | None:
+    """``--queues a,b`` → ``["a", "b"]``, plus every ``--queue NAME`` as given (a name
+    that contains a comma); neither → every queue."""
+    if queues is None and not exact:
         return None
-    names = [q.strip() for q in queues.split(",") if q.strip()]
+    names = [q.strip() for q in (queues or "").split(",") if q.strip()]
+    names += [q for q in exact or [] if q not in names]
     if not names:
         fail("--queues needs at least one queue name (omit it to serve every queue)")
     return names
@@ -116,6 +118,9 @@ def work(
     queues: Annotated[str | None, typer.Option(
         help="Comma-separated queues to serve (default: every queue).",
         show_default=False)] = None,
+    queue: Annotated[list[str] | None, typer.Option(
+        "--queue", help="A queue to serve, named exactly (may contain commas); repeatable, "
+        "combines with --queues.", show_default=False)] = None,
     pool_size: Annotated[int | None, typer.Option(
         help=f"Connections this worker may open in all. Default: concurrency + "
              f"{INTERNAL_CONNECTIONS} of pgjobs' own (fetch; complete, heartbeat and rescue; "
@@ -160,7 +165,7 @@ def work(
         logging.getLogger("pgjobs.worker").info(
             "serving Prometheus metrics on http://%s:%d/metrics", metrics_host, metrics_port)
     worker = the_app.worker(
-        concurrency=concurrency, queues=parse_queues(queues), pool_size=pool_size,
+        concurrency=concurrency, queues=parse_queues(queues, queue), pool_size=pool_size,
         shutdown_timeout=shutdown_timeout, lease_timeout=lease_timeout,
         poll_interval=poll_interval, poll_only=poll_only,
         history_retention=retention[0], dead_letter_retention=retention[1],
