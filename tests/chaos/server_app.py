@@ -69,15 +69,18 @@ def make_app(database_url: str | None = None, schema: str | None = None) -> pgjo
     """An App with the ``srv.*`` tasks (URL and schema default to the environment)."""
     the_app = pgjobs.App(database_url, schema=schema)
 
-    def record(phase: str = "done") -> None:
+    def insert(conn: psycopg.Connection[Any], phase: str) -> None:
         job = pgjobs.current_job()
-        with job.connection() as conn:
-            conn.execute(
-                sql.SQL("INSERT INTO {} (job_id, attempt, pid, enqueued_at, phase) "
-                        "VALUES (%s, %s, %s, %s, %s)")
-                .format(sql.Identifier(the_app.schema, "executions")),
-                [job.id, job.attempt, os.getpid(), job.enqueued_at, phase],
-            )
+        conn.execute(
+            sql.SQL("INSERT INTO {} (job_id, attempt, pid, enqueued_at, phase) "
+                    "VALUES (%s, %s, %s, %s, %s)")
+            .format(sql.Identifier(the_app.schema, "executions")),
+            [job.id, job.attempt, os.getpid(), job.enqueued_at, phase],
+        )
+
+    def record(phase: str = "done") -> None:
+        with pgjobs.current_job().connection() as conn:
+            insert(conn, phase)
 
     @the_app.task(name=TASK_RECORD)
     def srv_record(n: int = 0) -> None:
@@ -93,12 +96,16 @@ def make_app(database_url: str | None = None, schema: str | None = None) -> pgjo
 
     @the_app.task(name=TASK_SLOW, backoff=lambda attempt: 0.5)
     def srv_slow(n: int = 0, ms: float = 5000.0) -> None:
-        # Records its start, works, records its end: spans a short outage.
-        record("start")
-        deadline = time.monotonic() + ms / 1000.0
-        while time.monotonic() < deadline:
-            time.sleep(0.01)
-        record()
+        # Records its start, works, records its end: spans a short outage. It holds one
+        # pooled connection throughout (like a handler inside its own transaction), so
+        # the outage fails the attempt: the pool's check on lending cannot hide it.
+        with pgjobs.current_job().connection() as conn:
+            insert(conn, "start")
+            conn.commit()
+            deadline = time.monotonic() + ms / 1000.0
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+            insert(conn, "done")
 
     return the_app
 
@@ -612,7 +619,8 @@ def run_restart_retry(url: str | None, schema: str, duration: float = 8.0, *,
                       wait_eventually: bool = False) -> dict[str, Any]:
     """One slow job (``duration`` seconds of work) runs across a short restart.
 
-    Its attempt fails when it next uses its pooled connection (the restart killed it);
+    Its attempt fails when it writes its end on the pooled connection it holds (the
+    restart killed it);
     the retry (task backoff 0.5 s) should start about 0.5 s after that failure. Nothing
     else is enqueued, so only the worker itself knows the retry is due: its fallback poll
     is ``POLL_WHEN_NOTIFIED`` seconds away (``wait_eventually``: also wait for that).
