@@ -26,7 +26,7 @@ def test_poll_only_worker_processes_jobs_without_listen_or_prepared_claims(pg_ur
     thread.start()
     try:
         assert worker.started.wait(30)
-        for batch in range(3):  # several claims: psycopg would have prepared by the 5th
+        for batch in range(3):  # three rounds, each found by polling
             with psycopg.connect(pg_url) as conn:
                 app.enqueue_many(conn, [job.job(n=batch * 10 + i) for i in range(10)])
                 conn.commit()
@@ -34,7 +34,8 @@ def test_poll_only_worker_processes_jobs_without_listen_or_prepared_claims(pg_ur
         backends = db.execute(
             "SELECT backend_type, query FROM pg_stat_activity WHERE application_name = %s",
             [worker._application_name]).fetchall()
-        assert backends, "the worker's connections carry its application_name"
+        # Fetch and complete only (the jobs borrow no pooled connection): no LISTEN one.
+        assert len(backends) == 2, backends
         assert not [q for _, q in backends if q.lstrip().upper().startswith("LISTEN")], backends
         assert not worker._fetch_conn.prepare_statements
         assert not worker._complete_conn.prepare_statements

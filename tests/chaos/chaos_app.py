@@ -527,7 +527,6 @@ class Report:
             lines.append("   books balance: OK")
         return "\n".join(lines)
 
-
     def _post_mortem(self) -> list[str]:
         """Worker log lines around the suspicious jobs, so a failed CI run explains itself."""
         suspects = (self.unexplained_duplicates + self.lost)[:10]
