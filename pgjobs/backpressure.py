@@ -79,9 +79,19 @@ class PendingLimits:
         Check and reservation happen under one lock, so threads of this process can
         never both take the last place. Give back what was not inserted with
         :meth:`Reservation.give_back`.
+
+        A stale reading is re-counted under that same lock: no thread can take a place
+        on the old reading while the count runs, and no two counts race to replace each
+        other out of order. (Counting outside the lock let 8 threads of one process
+        overshoot a limit of 200 by 11 on a fast local socket.) The count is one
+        index-only round trip once per refresh interval; the others wait for it rather
+        than enqueue against a reading it is about to replace.
         """
-        reading = self._fresh_reading(conn, queue)
         with self._lock:
+            reading = self._readings.get(queue)
+            if reading is None or time.monotonic() - reading.read_at >= self._refresh_interval:
+                reading = self._count(conn, queue)
+                self._readings[queue] = reading
             seen = reading.counted + reading.added
             if reading.limit is not None and seen + adding > reading.limit:
                 raise QueueFull(
@@ -89,7 +99,7 @@ class PendingLimits:
                     retry_after=self._retry_after, requested=adding,
                 )
             reading.added += adding
-        return Reservation(self, reading, adding)
+            return Reservation(self, reading, adding)
 
     def _give_back(self, reading: _Reading, count: int) -> None:
         # If a re-count replaced this reading meanwhile, the change is simply unused.
@@ -104,18 +114,11 @@ class PendingLimits:
             else:
                 self._readings.pop(queue, None)
 
-    def _fresh_reading(self, conn: psycopg.Connection[Any], queue: str) -> _Reading:
-        now = time.monotonic()
-        with self._lock:
-            reading = self._readings.get(queue)
-        if reading is not None and now - reading.read_at < self._refresh_interval:
-            return reading
+    def _count(self, conn: psycopg.Connection[Any], queue: str) -> _Reading:
+        started = time.monotonic()
         row = conn.execute(
             self._statements.PENDING_LIMIT_AND_COUNT,
             {"queue": queue, "default_limit": self._default_limit},
         ).fetchone()
         assert row is not None
-        reading = _Reading(limit=row[0], counted=row[1] or 0, read_at=now)
-        with self._lock:
-            self._readings[queue] = reading
-        return reading
+        return _Reading(limit=row[0], counted=row[1] or 0, read_at=started)
