@@ -1,4 +1,4 @@
-"""Leases held by a live worker: renewed often enough to survive a stall."""
+"""A live worker keeps what it holds: leases renewed through stalls, pooled connections checked."""
 
 from __future__ import annotations
 
