@@ -584,12 +584,14 @@ def bench_enqueue(cfg: argparse.Namespace, report: Report) -> None:
                               "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING IDENTITY)")
                       .format(bare=bare, jobs=jobs_table(schemas["baseline"]))
                       .as_string(base_conn))
-        ceiling_bare = (sql.SQL("INSERT INTO {} (queue, task, args) SELECT %s, %s, "
-                                "jsonb_build_object('i', g) FROM generate_series(1, %s) AS g")
-                        .format(bare).as_string(base_conn))
-        ceiling = (sql.SQL("INSERT INTO {} (queue, task, args) SELECT %s, %s, "
-                           "jsonb_build_object('i', g) FROM generate_series(1, %s) AS g")
-                   .format(jobs_table(schemas["baseline"])).as_string(base_conn))
+
+        def insert_select(table: sql.Identifier) -> str:
+            return (sql.SQL("INSERT INTO {} (queue, task, args) SELECT %s, %s, "
+                            "jsonb_build_object('i', g) FROM generate_series(1, %s) AS g")
+                    .format(table).as_string(base_conn))
+
+        ceiling = insert_select(jobs_table(schemas["baseline"]))
+        ceiling_bare = insert_select(bare)
         for rep in range(cfg.bulk_reps):
             order = ("nolimit", "limit", "server") if rep % 2 == 0 else (
                 "server", "limit", "nolimit")

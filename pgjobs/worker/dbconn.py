@@ -86,9 +86,10 @@ class ResilientConnection:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(
                 self._url, autocommit=True,
-                prepare_threshold=5 if self.prepare_statements else None,
                 application_name=self._application_name, **KEEPALIVE_OPTIONS,
             )
+            if not self.prepare_statements:
+                self._conn.prepare_threshold = None  # psycopg's default prepares after 5 runs
             if self._failures:
                 log.info("%s connection re-established after %d failed attempt(s)",
                          self.name, self._failures)

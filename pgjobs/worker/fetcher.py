@@ -61,7 +61,6 @@ class Fetcher:
         self._worker_id = worker_id
         self._poll_interval = poll_interval
         self._stopping = stopping
-        self._prepare = conn.prepare_statements
         self._cv = threading.Condition()
         # Executors plus prefetch: jobs claimed and not yet finished running.
         self._unfinished = 0
@@ -162,7 +161,8 @@ class Fetcher:
         def claim(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
             # Prepared: saves planning on every claim (most of an idle pickup's round
             # trip); not with --poll-only, the PgBouncer-in-transaction-mode setting.
-            return conn.execute(statement, params, prepare=self._prepare).fetchall()
+            prepare = self._conn.prepare_statements
+            return conn.execute(statement, params, prepare=prepare).fetchall()
 
         rows = self._conn.run(claim)
         if rows is None:  # stopping while the database was unreachable
@@ -193,8 +193,9 @@ class Fetcher:
         else:
             statement = self._sql.NEXT_DUE_QUEUES
             params["queues"] = self._queues
+        prepare = self._conn.prepare_statements
         row = self._conn.run(
-            lambda conn: conn.execute(statement, params, prepare=self._prepare).fetchone())
+            lambda conn: conn.execute(statement, params, prepare=prepare).fetchone())
         if row is not None and isinstance(row[0], dt.timedelta):
             delay = max(0.0, min(delay, row[0].total_seconds()))
         with self._cv:
