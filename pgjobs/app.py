@@ -9,10 +9,13 @@ import psycopg
 
 from . import config
 from .backpressure import DEFAULT_REFRESH_INTERVAL, DEFAULT_RETRY_AFTER, PendingLimits
+from .connection import async_raw_connection, raw_connection
+from .depths import queue_depths
 from .enqueue import Enqueuer
 from .errors import ConfigurationError
 from .metrics import enqueue_instruments
 from .payload import DEFAULT_MAX_ARGS_BYTES
+from .plan import arun, run
 from .sql import Statements, statements
 from .task import Backoff, JobSpec, Task, validate_max_attempts, validate_queue
 from .tracing import get_tracer
@@ -148,6 +151,33 @@ class App:
         pending limit, :class:`pgjobs.QueueFull` is raised and nothing is written.
         """
         return self._enqueuer.enqueue_many(conn, jobs)
+
+    async def aenqueue_many(self, aconn: Any, jobs: Iterable[JobSpec]) -> list[int]:
+        """``enqueue_many`` for async applications, in ``aconn``'s transaction.
+
+        ``aconn`` is a psycopg 3 AsyncConnection, a SQLAlchemy 2 AsyncConnection or
+        AsyncSession (``postgresql+psycopg://`` engine). Same rules as ``enqueue_many``:
+        one id per job in order, COPY, all-or-nothing :class:`pgjobs.QueueFull`.
+        """
+        return await self._enqueuer.aenqueue_many(aconn, jobs)
+
+    def queue_depths(self, conn: Any, queues: Iterable[str] | None = None, *,
+                     at_most: int | None = None) -> dict[str, int]:
+        """Pending jobs per queue (due or scheduled: what the pending limit counts).
+
+        Cheap on a big table, unlike the ``queue_stats`` view: it reads only the pending
+        part of the queue index, so its cost follows the pending jobs counted, never the
+        running or finished ones. Without ``queues``: every queue that has pending jobs;
+        with them: exactly those (0 when empty). ``at_most`` stops each count there.
+        Runs in ``conn``'s transaction (psycopg or SQLAlchemy, like ``enqueue``).
+        """
+        return run(raw_connection(conn), queue_depths(self.sql, queues, at_most))
+
+    async def aqueue_depths(self, aconn: Any, queues: Iterable[str] | None = None, *,
+                            at_most: int | None = None) -> dict[str, int]:
+        """:meth:`queue_depths` on an async connection (the kinds ``aenqueue`` takes)."""
+        return await arun(await async_raw_connection(aconn),
+                          queue_depths(self.sql, queues, at_most))
 
     def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
         """A new psycopg connection to the App's database (the caller closes it)."""

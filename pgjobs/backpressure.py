@@ -9,7 +9,12 @@ Why it is shaped like this (full semantics in docs/backpressure.md):
   further than the limit (an index-only range scan), and each process re-counts a queue
   at most once per ``refresh_interval``. Between counts, the process adds the jobs it has
   enqueued itself to the last count; checking and taking a place happen under one lock,
-  so threads of one process never overshoot between two counts.
+  so callers of one process never overshoot between two counts.
+* Nothing here blocks an event loop: :meth:`PendingLimits.reserve` is a plan
+  (:mod:`pgjobs.plan`) that the sync and the async enqueue both run. The lock guards
+  memory only and is never held across a query; a stale reading is re-counted by one
+  caller while the others wait for that count's completion (a future: a thread blocks on
+  it, a coroutine awaits it), so nobody takes a place on a reading about to be replaced.
 * A full queue costs the database nothing more: rejections within the refresh interval
   are answered from memory.
 
@@ -20,18 +25,21 @@ transactions that were still uncommitted when the count was taken.
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
-
-import psycopg
 
 from .errors import QueueFull
+from .plan import Execute, Plan, Wait
 from .sql import Statements
 
 DEFAULT_REFRESH_INTERVAL = 0.1
 DEFAULT_RETRY_AFTER = 1.0
+#: How long a caller waits for another caller's count before counting itself. A count is
+#: one index-only round trip; this only matters if that caller stalls (e.g. a sync
+#: enqueue run on the event loop thread while a coroutine of that loop is counting).
+COUNT_WAIT_SECONDS = 2.0
 
 
 @dataclass
@@ -48,6 +56,7 @@ class Reservation:
 
     limits: PendingLimits
     reading: _Reading
+    queue: str
     count: int
 
     def give_back(self, count: int | None = None) -> None:
@@ -56,7 +65,8 @@ class Reservation:
 
 
 class PendingLimits:
-    """Per-process cache of queue limits and pending counts, shared by all threads."""
+    """Per-process cache of queue limits and pending counts, shared by all callers
+    (threads and event loops alike)."""
 
     def __init__(
         self,
@@ -71,35 +81,76 @@ class PendingLimits:
         self._refresh_interval = refresh_interval
         self._retry_after = retry_after
         self._readings: dict[str, _Reading] = {}
-        self._lock = threading.Lock()
+        # queue -> the count in flight; done when its reading is installed (or it failed).
+        self._counting: dict[str, concurrent.futures.Future[None]] = {}
+        self._lock = threading.Lock()  # memory only: never held across a query
 
-    def reserve(self, conn: psycopg.Connection[Any], queue: str, adding: int = 1) -> Reservation:
-        """Take ``adding`` places in ``queue`` or raise :class:`QueueFull`.
+    def reserve(self, queue: str, adding: int = 1) -> Plan[Reservation]:
+        """Take ``adding`` places in ``queue`` or raise :class:`QueueFull` (a plan: run
+        it with :func:`pgjobs.plan.run` / ``arun`` on the caller's connection).
 
-        Check and reservation happen under one lock, so threads of this process can
+        Check and reservation happen under one lock, so callers of this process can
         never both take the last place. Give back what was not inserted with
         :meth:`Reservation.give_back`.
 
-        A stale reading is re-counted under that same lock: no thread can take a place
-        on the old reading while the count runs, and no two counts race to replace each
-        other out of order. (Counting outside the lock let 8 threads of one process
-        overshoot a limit of 200 by 11 on a fast local socket.) The count is one
-        index-only round trip once per refresh interval; the others wait for it rather
-        than enqueue against a reading it is about to replace.
+        A stale reading is re-counted by one caller; the others wait for that count
+        instead of taking places on the reading it is about to replace, and no two
+        counts race to replace each other out of order. (Letting every caller count and
+        take places meanwhile let 8 threads of one process overshoot a limit of 200 by
+        11 on a fast local socket.) The count is one index-only round trip once per
+        refresh interval.
         """
-        with self._lock:
-            reading = self._readings.get(queue)
-            if reading is None or time.monotonic() - reading.read_at >= self._refresh_interval:
-                reading = self._count(conn, queue)
-                self._readings[queue] = reading
-            seen = reading.counted + reading.added
-            if reading.limit is not None and seen + adding > reading.limit:
-                raise QueueFull(
-                    queue, pending=seen, limit=reading.limit,
-                    retry_after=self._retry_after, requested=adding,
+        waited = False
+        while True:
+            with self._lock:
+                reading = self._readings.get(queue)
+                if reading is not None and self._fresh(reading):
+                    return self._take(queue, reading, adding)
+                in_flight = self._counting.get(queue)
+                if in_flight is None or waited:
+                    mine: concurrent.futures.Future[None] = concurrent.futures.Future()
+                    # RUNNING: nobody can cancel it, so set_result below always works.
+                    mine.set_running_or_notify_cancel()
+                    if in_flight is None:
+                        self._counting[queue] = mine
+            if in_flight is not None and not waited:
+                yield Wait(in_flight, COUNT_WAIT_SECONDS)
+                # Done: a fresh reading is installed (re-checked above). Timed out: the
+                # other caller stalled, so this one counts for itself.
+                waited = not in_flight.done()
+                continue
+            try:
+                started = time.monotonic()
+                rows = yield Execute(
+                    self._statements.PENDING_LIMIT_AND_COUNT,
+                    {"queue": queue, "default_limit": self._default_limit},
                 )
-            reading.added += adding
-            return Reservation(self, reading, adding)
+                reading = _Reading(limit=rows[0][0], counted=rows[0][1] or 0, read_at=started)
+                with self._lock:
+                    current = self._readings.get(queue)
+                    if current is None or current.read_at <= started:
+                        self._readings[queue] = reading
+                    # Taken on our own count even when refresh_interval is 0 (always stale).
+                    return self._take(queue, reading, adding)
+            finally:
+                with self._lock:
+                    if self._counting.get(queue) is mine:
+                        del self._counting[queue]
+                mine.set_result(None)
+
+    def _fresh(self, reading: _Reading) -> bool:
+        return time.monotonic() - reading.read_at < self._refresh_interval
+
+    def _take(self, queue: str, reading: _Reading, adding: int) -> Reservation:
+        # Under self._lock.
+        seen = reading.counted + reading.added
+        if reading.limit is not None and seen + adding > reading.limit:
+            raise QueueFull(
+                queue, pending=seen, limit=reading.limit,
+                retry_after=self._retry_after, requested=adding,
+            )
+        reading.added += adding
+        return Reservation(self, reading, queue, adding)
 
     def _give_back(self, reading: _Reading, count: int) -> None:
         # If a re-count replaced this reading meanwhile, the change is simply unused.
@@ -113,12 +164,3 @@ class PendingLimits:
                 self._readings.clear()
             else:
                 self._readings.pop(queue, None)
-
-    def _count(self, conn: psycopg.Connection[Any], queue: str) -> _Reading:
-        started = time.monotonic()
-        row = conn.execute(
-            self._statements.PENDING_LIMIT_AND_COUNT,
-            {"queue": queue, "default_limit": self._default_limit},
-        ).fetchone()
-        assert row is not None
-        return _Reading(limit=row[0], counted=row[1] or 0, read_at=started)

@@ -1,26 +1,35 @@
-"""Transactional enqueue: single jobs, bulk COPY, unique keys, backpressure, NOTIFY."""
+"""Transactional enqueue: single jobs, bulk COPY, unique keys, backpressure, NOTIFY.
+
+The rules are written once, as plans (:mod:`pgjobs.plan`): ``enqueue_one`` /
+``enqueue_many`` run them on a psycopg ``Connection``, ``aenqueue_one`` /
+``aenqueue_many`` on a psycopg ``AsyncConnection``. Nothing else differs.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-import psycopg
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 
 from .backpressure import PendingLimits, Reservation
-from .connection import raw_connection
+from .connection import async_raw_connection, raw_connection
 from .errors import QueueFull, SchemaMissingError
 from .metrics import EnqueueInstruments
+from .plan import Copy, Execute, Plan, arun, run
 from .sql import Statements
 from .task import JobSpec
 from .tracing import send_span
 
 _COPY_TYPES = ["int8", "text", "text", "jsonb", "int2", "int4", "timestamptz", "jsonb"]
+
+#: A unique key whose holder keeps finishing between our insert and our look-up is
+#: inserted again; this many rounds, then the caller is told to retry.
+_UNIQUE_ROUNDS = 3
 
 
 def _identity(text: str) -> str:
@@ -38,31 +47,68 @@ class Enqueuer:
         self._instruments = instruments
         self._tracer = tracer
 
-    def _reserve(self, pgconn: psycopg.Connection[Any], queue: str, adding: int
-                 ) -> Reservation:
-        try:
-            return self._limits.reserve(pgconn, queue, adding)
-        except QueueFull:
-            self._instruments.rejections.add(adding, {"queue": queue})
-            raise
+    # --- the two faces ------------------------------------------------------------------
 
     def enqueue_one(self, conn: Any, spec: JobSpec) -> int:
         """Insert one job (see ``Task.enqueue``)."""
-        pgconn = raw_connection(conn)
+        return run(raw_connection(conn), self._one(spec))
+
+    async def aenqueue_one(self, aconn: Any, spec: JobSpec) -> int:
+        """Insert one job on an async connection (see ``Task.aenqueue``)."""
+        return await arun(await async_raw_connection(aconn), self._one(spec))
+
+    def enqueue_many(self, conn: Any, specs: Iterable[JobSpec]) -> list[int]:
+        """Insert many jobs in the caller's transaction; returns one id per job, in order.
+
+        All or nothing for backpressure: if any queue would pass its limit, QueueFull is
+        raised before anything is written. Jobs without a unique key go through COPY.
+        """
+        jobs = _checked_jobs(specs)
+        if not jobs:
+            return []
+        return run(raw_connection(conn), self._many(jobs))
+
+    async def aenqueue_many(self, aconn: Any, specs: Iterable[JobSpec]) -> list[int]:
+        """``enqueue_many`` on an async connection."""
+        jobs = _checked_jobs(specs)
+        if not jobs:
+            return []
+        return await arun(await async_raw_connection(aconn), self._many(jobs))
+
+    # --- the rules ----------------------------------------------------------------------
+
+    def _one(self, spec: JobSpec) -> Plan[int]:
         with send_span(self._tracer, spec.queue, spec.task) as (span, carrier), \
                 _schema_errors(self._sql.schema):
-            reservation = self._reserve(pgconn, spec.queue, 1)
             try:
-                job_id = self._insert_one(pgconn, spec, carrier, reservation)
+                reservation = yield from self._limits.reserve(spec.queue, 1)
+            except QueueFull:
+                # A unique key is checked before the limit: a key a live job holds adds
+                # nothing, so it gets that job's id even from a full queue. Looked up
+                # only when the limit refuses, so the common path stays one round trip.
+                holder = yield from self._holder(spec.unique_key)
+                if holder is not None:
+                    span.set_attribute("messaging.message.id", str(holder))
+                    return holder
+                self._instruments.rejections.add(1, {"queue": spec.queue})
+                raise
+            try:
+                job_id = yield from self._insert_one(spec, carrier, reservation)
             except BaseException:
                 reservation.give_back()
                 raise
             span.set_attribute("messaging.message.id", str(job_id))
             return job_id
 
-    def _insert_one(self, pgconn: psycopg.Connection[Any], spec: JobSpec,
-                    carrier: dict[str, str] | None, reservation: Reservation) -> int:
-        params = {
+    def _holder(self, unique_key: str | None) -> Plan[int | None]:
+        if unique_key is None:
+            return None
+        rows = yield Execute(self._sql.JOB_ID_BY_UNIQUE_KEY, {"unique_key": unique_key})
+        return int(rows[0][0]) if rows else None
+
+    def _insert_one(self, spec: JobSpec, carrier: dict[str, str] | None,
+                    reservation: Reservation) -> Plan[int]:
+        params: dict[str, Any] = {
             "queue": spec.queue, "task": spec.task, "args": spec.args_json,
             "priority": spec.priority, "max_attempts": spec.max_attempts,
             "unique_key": spec.unique_key,
@@ -70,155 +116,187 @@ class Enqueuer:
         }
         if spec.delay > 0:
             params["delay"] = spec.delay
-            row = pgconn.execute(self._sql.ENQUEUE_DELAYED, params).fetchone()
+            statement = self._sql.ENQUEUE_DELAYED
         else:
             params["channel"] = self._sql.channel
-            row = pgconn.execute(self._sql.ENQUEUE_NOTIFY, params).fetchone()
-        if row is not None:
-            self._instruments.enqueued.add(1, {"queue": spec.queue, "task": spec.task})
-            return int(row[0])
-        return self._existing_unique(pgconn, spec, reservation)
-
-    def _existing_unique(self, pgconn: psycopg.Connection[Any], spec: JobSpec,
-                         reservation: Reservation) -> int:
-        # ON CONFLICT DO NOTHING: a live job holds the key. It may finish between the two
-        # statements, in which case inserting again is right.
-        for _ in range(3):
-            row = pgconn.execute(
-                self._sql.JOB_ID_BY_UNIQUE_KEY, {"unique_key": spec.unique_key}
-            ).fetchone()
-            if row is not None:
+            statement = self._sql.ENQUEUE_NOTIFY
+        for _ in range(_UNIQUE_ROUNDS):
+            rows = yield Execute(statement, params)
+            if rows:
+                self._instruments.enqueued.add(1, {"queue": spec.queue, "task": spec.task})
+                return int(rows[0][0])
+            # ON CONFLICT DO NOTHING: a live job holds the key...
+            holder = yield from self._holder(spec.unique_key)
+            if holder is not None:
                 reservation.give_back()  # nothing new was added to the queue
-                return int(row[0])
-            ids = self._insert_unique(pgconn, [spec])
-            if ids[0] is not None:
-                return ids[0]
-        raise RuntimeError(f"unique_key {spec.unique_key!r} kept changing hands; retry")
+                return holder
+            # ...and finished before the look-up: insert again, by the same statement
+            # (NOTIFY, trace context and the enqueued count like any first insert).
+        raise _key_kept_changing(spec.unique_key)
 
-    def enqueue_many(self, conn: Any, specs: Iterable[JobSpec]) -> list[int]:
-        """Insert many jobs in the caller's transaction; returns their ids in order.
-
-        All or nothing for backpressure: if any queue would pass its limit, QueueFull is
-        raised before anything is written. Jobs without a unique key go through COPY.
-        """
-        jobs = list(specs)
-        for job in jobs:
-            if not isinstance(job, JobSpec):
-                raise TypeError(
-                    f"enqueue_many takes jobs built with task.job(...), got {type(job).__name__}"
-                )
-        if not jobs:
-            return []
-        pgconn = raw_connection(conn)
+    def _many(self, jobs: list[JobSpec]) -> Plan[list[int]]:
         per_queue = Counter(job.queue for job in jobs)
         queue_name = jobs[0].queue if len(per_queue) == 1 else "(several queues)"
         with send_span(self._tracer, queue_name, jobs[0].task, len(jobs)) as (_, carrier), \
                 _schema_errors(self._sql.schema):
-            reservations = []
             try:
-                for queue, count in per_queue.items():
-                    reservations.append(self._reserve(pgconn, queue, count))
-                result = self._insert_many(pgconn, jobs, carrier)
+                reservations = yield from self._reserve_all(per_queue)
+            except QueueFull as full:
+                keys = sorted({j.unique_key for j in jobs if j.unique_key is not None})
+                if not keys:
+                    self._instruments.rejections.add(full.requested, {"queue": full.queue})
+                    raise
+                # Keys held by live jobs add nothing: ask again for the jobs that would.
+                rows = yield Execute(self._sql.JOB_IDS_BY_UNIQUE_KEYS, {"unique_keys": keys})
+                try:
+                    reservations = yield from self._reserve_all(
+                        _new_jobs_per_queue(jobs, {key for key, _ in rows}))
+                except QueueFull as still_full:
+                    self._instruments.rejections.add(
+                        still_full.requested, {"queue": still_full.queue})
+                    raise
+            try:
+                ids, inserted = yield from self._insert_many(jobs, carrier)
             except BaseException:
                 for reservation in reservations:
                     reservation.give_back()
                 raise
-        for (queue, task), count in Counter((j.queue, j.task) for j in jobs).items():
+        added = Counter(jobs[i].queue for i in inserted)
+        for reservation in reservations:  # places of jobs a live key absorbed
+            reservation.give_back(reservation.count - added[reservation.queue])
+        for (queue, task), count in Counter(
+                (jobs[i].queue, jobs[i].task) for i in inserted).items():
             self._instruments.enqueued.add(count, {"queue": queue, "task": task})
-        return [int(i) for i in result if i is not None]
+        return ids
 
-    def _insert_many(self, pgconn: psycopg.Connection[Any], jobs: list[JobSpec],
-                     carrier: dict[str, str] | None) -> list[int | None]:
-        row = pgconn.execute(
-            self._sql.RESERVE_JOB_IDS,
-            {"jobs_table": self._sql.jobs_table, "count": len(jobs)},
-        ).fetchone()
-        assert row is not None
-        server_now: dt.datetime = row[0]
-        ids: list[int] = row[1]
+    def _reserve_all(self, per_queue: Counter[str]) -> Plan[list[Reservation]]:
+        """Places in every queue, or none (QueueFull for the first that refuses)."""
+        taken: list[Reservation] = []
+        try:
+            for queue, count in per_queue.items():
+                if count > 0:
+                    taken.append((yield from self._limits.reserve(queue, count)))
+        except BaseException:
+            for reservation in taken:
+                reservation.give_back()
+            raise
+        return taken
+
+    def _insert_many(self, jobs: list[JobSpec], carrier: dict[str, str] | None
+                     ) -> Plan[tuple[list[int], list[int]]]:
+        """Returns one id per job, and the indexes of the jobs actually inserted."""
+        rows = yield Execute(
+            self._sql.RESERVE_JOB_IDS, {"jobs_table": self._sql.jobs_table, "count": len(jobs)}
+        )
+        server_now: dt.datetime = rows[0][0]
+        ids: list[int] = rows[0][1]
         trace = json.dumps(carrier) if carrier else None
         if any(job.unique_key is not None for job in jobs):
-            result = self._insert_unique(pgconn, jobs, ids, server_now, trace)
+            result, inserted = yield from self._insert_unique(jobs, ids, server_now, trace)
         else:
-            self._copy(pgconn, jobs, ids, server_now, trace)
-            result = list(ids)
-        due = sorted({job.queue for job in jobs if job.delay <= 0})
+            yield Copy(self._sql.COPY_JOBS, _COPY_TYPES,
+                       _copy_rows(jobs, ids, server_now, trace))
+            result, inserted = list(ids), list(range(len(jobs)))
+        due = sorted({jobs[i].queue for i in inserted if jobs[i].delay <= 0})
         if due:
-            pgconn.execute(
-                self._sql.NOTIFY_QUEUES, {"channel": self._sql.channel, "queues": due}
-            )
-        return list(result)
+            yield Execute(self._sql.NOTIFY_QUEUES, {"channel": self._sql.channel, "queues": due})
+        return result, inserted
 
-    def _copy(
-        self,
-        pgconn: psycopg.Connection[Any],
-        jobs: list[JobSpec],
-        ids: list[int],
-        server_now: dt.datetime,
-        trace: str | None,
-    ) -> None:
-        second = dt.timedelta(seconds=1)
-        trace_value = Jsonb(trace, dumps=_identity) if trace else None
-        with pgconn.cursor() as cur, cur.copy(self._sql.COPY_JOBS) as copy:
-            copy.set_types(_COPY_TYPES)
-            write = copy.write_row
-            for job_id, job in zip(ids, jobs, strict=True):
-                write((
-                    job_id, job.queue, job.task, Jsonb(job.args_json, dumps=_identity),
-                    job.priority, job.max_attempts,
-                    server_now + job.delay * second if job.delay else server_now,
-                    trace_value,
-                ))
+    def _insert_unique(self, jobs: list[JobSpec], ids: list[int], server_now: dt.datetime,
+                       trace: str | None) -> Plan[tuple[list[int], list[int]]]:
+        """INSERT … ON CONFLICT DO NOTHING; a conflicting job yields the live job's id.
 
-    def _insert_unique(
-        self,
-        pgconn: psycopg.Connection[Any],
-        jobs: list[JobSpec],
-        ids: list[int] | None = None,
-        server_now: dt.datetime | None = None,
-        trace: str | None = None,
-    ) -> list[int | None]:
-        """INSERT … ON CONFLICT DO NOTHING; a conflicting job yields the live job's id."""
-        if ids is None or server_now is None:
-            row = pgconn.execute(
-                self._sql.RESERVE_JOB_IDS,
-                {"jobs_table": self._sql.jobs_table, "count": len(jobs)},
-            ).fetchone()
-            assert row is not None
-            server_now, ids = row[0], row[1]
+        A holder that finishes between the insert and the look-up leaves its key free:
+        those jobs are inserted again (with the ids reserved for them, still unused), so
+        every job gets exactly one id.
+        """
         second = dt.timedelta(seconds=1)
-        inserted = {
-            r[0]
-            for r in pgconn.execute(
-                self._sql.ENQUEUE_MANY_UNIQUE,
-                {
-                    "ids": ids,
-                    "queues": [j.queue for j in jobs],
-                    "tasks": [j.task for j in jobs],
-                    "args": [j.args_json for j in jobs],
-                    "priorities": [j.priority for j in jobs],
-                    "max_attempts": [j.max_attempts for j in jobs],
-                    "next_run_ats": [server_now + j.delay * second for j in jobs],
-                    "unique_keys": [j.unique_key for j in jobs],
-                    "traces": [trace] * len(jobs),
-                },
-            ).fetchall()
-        }
-        missing = [j.unique_key for i, j in zip(ids, jobs, strict=True) if i not in inserted]
-        holders: dict[str, int] = {}
-        if missing:
-            holders = dict(
-                pgconn.execute(
-                    self._sql.JOB_IDS_BY_UNIQUE_KEYS, {"unique_keys": missing}
-                ).fetchall()
+        result: list[int | None] = [None] * len(jobs)
+        inserted: list[int] = []
+        todo = list(range(len(jobs)))
+        for _ in range(_UNIQUE_ROUNDS):
+            batch = [jobs[i] for i in todo]
+            rows = yield Execute(self._sql.ENQUEUE_MANY_UNIQUE, {
+                "ids": [ids[i] for i in todo],
+                "queues": [j.queue for j in batch],
+                "tasks": [j.task for j in batch],
+                "args": [j.args_json for j in batch],
+                "priorities": [j.priority for j in batch],
+                "max_attempts": [j.max_attempts for j in batch],
+                "next_run_ats": [server_now + j.delay * second for j in batch],
+                "unique_keys": [j.unique_key for j in batch],
+                "traces": [trace] * len(batch),
+            })
+            written = {r[0] for r in rows}
+            conflicted = []
+            for i in todo:
+                if ids[i] in written:
+                    result[i] = ids[i]
+                    inserted.append(i)
+                else:
+                    conflicted.append(i)
+            if not conflicted:
+                break
+            keys = sorted({key for i in conflicted if (key := jobs[i].unique_key) is not None})
+            holders: dict[str, int] = {}
+            if keys:
+                holders = dict((yield Execute(
+                    self._sql.JOB_IDS_BY_UNIQUE_KEYS, {"unique_keys": keys})))
+            todo = []
+            for i in conflicted:
+                holder = holders.get(jobs[i].unique_key or "")
+                if holder is None:
+                    todo.append(i)  # the holder finished meanwhile: insert it again
+                else:
+                    result[i] = holder
+            if not todo:
+                break
+        else:
+            raise _key_kept_changing(jobs[todo[0]].unique_key)
+        return [int(i) for i in result if i is not None], sorted(inserted)
+
+
+def _checked_jobs(specs: Iterable[JobSpec]) -> list[JobSpec]:
+    jobs = list(specs)
+    for job in jobs:
+        if not isinstance(job, JobSpec):
+            raise TypeError(
+                f"enqueue_many takes jobs built with task.job(...), got {type(job).__name__}"
             )
-        result: list[int | None] = []
-        for job_id, job in zip(ids, jobs, strict=True):
-            if job_id in inserted:
-                result.append(job_id)
-            else:
-                result.append(holders.get(job.unique_key) if job.unique_key else None)
-        return result
+    return jobs
+
+
+def _new_jobs_per_queue(jobs: list[JobSpec], held: set[str]) -> Counter[str]:
+    """How many jobs each queue would really gain: a job whose key a live job holds (or
+    an earlier job of the batch takes) adds nothing."""
+    counts: Counter[str] = Counter()
+    taken: set[str] = set()
+    for job in jobs:
+        if job.unique_key is None:
+            counts[job.queue] += 1
+        elif job.unique_key not in held and job.unique_key not in taken:
+            taken.add(job.unique_key)
+            counts[job.queue] += 1
+    return counts
+
+
+def _copy_rows(jobs: list[JobSpec], ids: list[int], server_now: dt.datetime,
+               trace: str | None) -> Iterator[Sequence[Any]]:
+    second = dt.timedelta(seconds=1)
+    trace_value = Jsonb(trace, dumps=_identity) if trace else None
+    for job_id, job in zip(ids, jobs, strict=True):
+        yield (
+            job_id, job.queue, job.task, Jsonb(job.args_json, dumps=_identity),
+            job.priority, job.max_attempts,
+            server_now + job.delay * second if job.delay else server_now,
+            trace_value,
+        )
+
+
+def _key_kept_changing(unique_key: str | None) -> RuntimeError:
+    return RuntimeError(
+        f"unique_key {unique_key!r} kept changing hands while enqueueing; retry the enqueue"
+    )
 
 
 class _schema_errors:

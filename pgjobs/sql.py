@@ -114,6 +114,41 @@ ON CONFLICT (name) DO UPDATE SET pending_limit = EXCLUDED.pending_limit, updated
 
 # --- inspection ---------------------------------------------------------------------------
 
+# Pending jobs (due or scheduled: what the pending limit counts) per queue, for
+# App.queue_depths. Both read only jobs_queue_claim_idx: every queue that has pending
+# jobs is found by skipping from one queue to the next in the index (a recursive "loose
+# index scan": one probe per queue, whatever the backlog), and each count is that queue's
+# range of the index, stopped at %(at_most)s when given (LIMIT NULL counts all).
+QUEUE_DEPTHS_ALL = """
+WITH RECURSIVE queues AS (
+    (SELECT queue FROM {schema}.jobs WHERE state = 'pending' ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.queue FROM {schema}.jobs AS j
+            WHERE j.state = 'pending' AND j.queue > queues.queue
+            ORDER BY j.queue LIMIT 1)
+    FROM queues WHERE queues.queue IS NOT NULL
+)
+SELECT q.queue, (
+    SELECT count(*) FROM (
+        SELECT 1 FROM {schema}.jobs AS j
+        WHERE j.queue = q.queue AND j.state = 'pending'
+        LIMIT %(at_most)s
+    ) AS bounded
+)
+FROM queues AS q WHERE q.queue IS NOT NULL
+"""
+
+QUEUE_DEPTHS_OF = """
+SELECT q.queue, (
+    SELECT count(*) FROM (
+        SELECT 1 FROM {schema}.jobs AS j
+        WHERE j.queue = q.queue AND j.state = 'pending'
+        LIMIT %(at_most)s
+    ) AS bounded
+)
+FROM unnest(%(queues)s::text[]) AS q(queue)
+"""
+
 QUEUE_STATS = """
 SELECT queue, pending, scheduled, running, dead,
        extract(epoch FROM oldest_pending_age)::float8 AS oldest_pending_age_seconds,

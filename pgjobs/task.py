@@ -142,6 +142,18 @@ class _JobFactory(Generic[P]):
         spec = self.job(*args, **kwargs)
         return self._task.app._enqueuer.enqueue_one(conn, spec)
 
+    async def aenqueue(self, aconn: Any, /, *args: P.args, **kwargs: P.kwargs) -> int:
+        """``enqueue`` for async applications: same rules, on an async connection.
+
+        ``aconn`` is a psycopg 3 AsyncConnection, a SQLAlchemy 2 AsyncConnection or
+        AsyncSession (``postgresql+psycopg://`` engine). The job joins ``aconn``'s
+        transaction and is never committed here; unique keys, :class:`pgjobs.QueueFull`
+        (raised before writing, the transaction still usable) and NOTIFY work exactly as
+        in :meth:`enqueue`. Waiting never blocks the event loop.
+        """
+        spec = self.job(*args, **kwargs)
+        return await self._task.app._enqueuer.aenqueue_one(aconn, spec)
+
     def options(
         self,
         *,
