@@ -7,7 +7,7 @@ permanent failures in ``dead_letters``.
 
 from .app import App
 from .context import JobContext, current_job
-from .errors import ConfigurationError, PermanentError, PgjobsError, QueueFull
+from .errors import ConfigurationError, JobTimeout, PermanentError, PgjobsError, QueueFull
 from .task import JobSpec, Task, TaskWithOptions
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "ConfigurationError",
     "JobContext",
     "JobSpec",
+    "JobTimeout",
     "PermanentError",
     "PgjobsError",
     "QueueFull",

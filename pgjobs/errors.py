@@ -47,6 +47,15 @@ class QueueFull(PgjobsError):
         )
 
 
+class JobTimeout(BaseException):
+    """Raised inside a handler's thread when its job passed its ``timeout``.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``), so a handler's ``except Exception``
+    cannot swallow it and keep running past its deadline: it unwinds the handler, and
+    every ``with`` block on the way gives back what it holds (pooled connections too).
+    """
+
+
 class PermanentError(Exception):
     """Raise from a task handler to fail the job without retrying it.
 

@@ -322,6 +322,25 @@ WHERE j.id = r.id AND j.state = 'running' AND j.lease_token = r.token
 RETURNING j.id
 """
 
+# The last resort for one outcome the database refused even as a plain failure (e.g. a
+# row changed by hand so that it can no longer be pending): bury it, its names bounded
+# so the dead_letters indexes take them, guarded like every other outcome.
+BURY_UNWRITABLE = """
+WITH gone AS (
+    DELETE FROM {schema}.jobs
+    WHERE id = %(id)s AND state = 'running' AND lease_token = %(token)s::uuid
+    RETURNING id, queue, task, args, priority, attempts, max_attempts, created_at,
+              trace_context
+)
+INSERT INTO {schema}.dead_letters
+    (job_id, queue, task, args, priority, attempts, max_attempts, error,
+     created_at, failed_at, trace_context)
+SELECT id, left(queue, 200), left(task, 500), args, priority, attempts, max_attempts,
+       %(error)s, created_at, COALESCE(%(now)s::timestamptz, now()), trace_context
+FROM gone
+RETURNING job_id
+"""
+
 # --- worker: leases -----------------------------------------------------------------------
 
 # Renew the leases of every job in hand; returns the ids still ours.
@@ -491,6 +510,106 @@ WHERE (%(older_than)s::float8 IS NULL
   AND (%(task)s::text IS NULL OR task = %(task)s)
 """
 
+# --- periodic jobs (pgjobs.periodic_*) ---------------------------------------------------
+
+PERIODIC_NOW = """
+SELECT COALESCE(%(now)s::timestamptz, now())
+"""
+
+# Worker start: upsert one schedule of the App. registered_at is kept from the first
+# registration: ticks before it are not "missed", they predate the schedule.
+PERIODIC_REGISTER = """
+INSERT INTO {schema}.cron_schedules AS s
+    (name, cron, timezone, args, task, queue, priority, max_attempts, max_delay_seconds,
+     active, next_tick, registered_at, updated_at)
+VALUES (%(name)s, %(cron)s, %(timezone)s, %(args)s::jsonb, %(task)s, %(queue)s,
+        %(priority)s, %(max_attempts)s, %(max_delay)s, true, %(next_tick)s,
+        COALESCE(%(now)s::timestamptz, now()), COALESCE(%(now)s::timestamptz, now()))
+ON CONFLICT (name) DO UPDATE SET
+    cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, args = EXCLUDED.args,
+    task = EXCLUDED.task, queue = EXCLUDED.queue, priority = EXCLUDED.priority,
+    max_attempts = EXCLUDED.max_attempts, max_delay_seconds = EXCLUDED.max_delay_seconds,
+    active = true, next_tick = EXCLUDED.next_tick, updated_at = EXCLUDED.updated_at
+"""
+
+# Worker start: schedules the App no longer defines are kept, marked inactive.
+PERIODIC_DEACTIVATE_OTHERS = """
+UPDATE {schema}.cron_schedules
+SET active = false, next_tick = NULL, updated_at = COALESCE(%(now)s::timestamptz, now())
+WHERE active AND NOT (name = ANY(%(names)s::text[]))
+RETURNING name
+"""
+
+# The compare-and-set that makes a tick happen once across every worker: only the
+# transaction that moves the high-water mark forward to this tick gets a row back (a
+# concurrent one waits for the row lock, re-checks `last_tick < tick` and gets nothing).
+# The job is inserted by PERIODIC_ENQUEUE_TICK in the same transaction.
+PERIODIC_CLAIM_TICK = """
+UPDATE {schema}.cron_schedules
+SET last_tick = %(tick)s,
+    last_outcome = %(outcome)s,
+    last_job_id = NULL,
+    next_tick = %(next_tick)s,
+    ticks_missed = ticks_missed + CASE WHEN %(outcome)s = 'missed' THEN 1 ELSE 0 END,
+    updated_at = COALESCE(%(now)s::timestamptz, now())
+WHERE name = %(name)s
+  AND (last_tick IS NULL OR last_tick < %(tick)s)
+  AND registered_at < %(tick)s
+RETURNING task, queue, args::text, priority, max_attempts
+"""
+
+# Insert the tick's job (due at the tick time) unless its queue is at its pending limit
+# (same bounded count as enqueue), and record which it was on the schedule row. Either
+# way the high-water mark already moved: a skipped tick is never retried.
+PERIODIC_ENQUEUE_TICK = """
+WITH lim AS (
+    SELECT CASE WHEN q.name IS NULL THEN %(default_limit)s::int ELSE q.pending_limit END AS value
+    FROM (SELECT 1) AS one
+    LEFT JOIN {schema}.queues AS q ON q.name = %(queue)s
+), pending AS (
+    SELECT CASE WHEN lim.value IS NULL THEN NULL ELSE (
+        SELECT count(*) FROM (
+            SELECT 1 FROM {schema}.jobs
+            WHERE queue = %(queue)s AND state = 'pending'
+            LIMIT lim.value
+        ) AS bounded
+    ) END AS n
+    FROM lim
+), inserted AS (
+    INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, next_run_at)
+    SELECT %(queue)s, %(task)s, %(args)s::jsonb, %(priority)s, %(max_attempts)s, %(tick)s
+    FROM lim, pending
+    WHERE lim.value IS NULL OR pending.n < lim.value
+    RETURNING id
+), noted AS (
+    UPDATE {schema}.cron_schedules AS s
+    SET last_job_id = (SELECT id FROM inserted),
+        last_outcome = CASE WHEN EXISTS (SELECT 1 FROM inserted) THEN 'enqueued'
+                            ELSE 'skipped' END,
+        ticks_enqueued = s.ticks_enqueued + (SELECT count(*) FROM inserted),
+        ticks_skipped = s.ticks_skipped + 1 - (SELECT count(*) FROM inserted)
+    WHERE s.name = %(name)s
+    RETURNING s.name
+)
+SELECT (SELECT id FROM inserted), (SELECT n FROM pending), (SELECT value FROM lim),
+       (SELECT count(*) FROM noted),
+       (SELECT count(pg_notify(%(channel)s, %(queue)s)) FROM inserted)
+"""
+
+PERIODIC_LIST = """
+SELECT name, cron, timezone, args, task, queue, priority, max_attempts, max_delay_seconds,
+       active, last_tick, last_outcome, last_job_id, ticks_enqueued, ticks_skipped,
+       ticks_missed, registered_at
+FROM {schema}.cron_schedules
+ORDER BY name
+"""
+
+PERIODIC_GET = """
+SELECT name, cron, timezone, args::text, task, queue, priority, max_attempts, active
+FROM {schema}.cron_schedules
+WHERE name = %(name)s
+"""
+
 
 def channel_for(schema: str) -> str:
     """The LISTEN/NOTIFY channel of a schema (payload: the queue name).
@@ -540,3 +659,247 @@ def _compose(schema: str, template: str) -> sql.Composed:
 def statements(schema: str) -> Statements:
     """The statements for ``schema`` (cached)."""
     return Statements(schema)
+
+
+# --- web dashboard (pgjobs.dashboard) -----------------------------------------------------
+# Every statement here is bounded whatever the table sizes: counts stop at %(cap)s rows,
+# lists read at most %(window)s rows of the primary key, and queue names come from
+# index skip scans. The dashboard binds every value; filters that are NULL match all.
+
+# Queue names: pending (skip scan of jobs_queue_claim_idx), dead (skip scan of
+# dead_letters_queue_idx), running, configured, and those with history in the last hour.
+DASHBOARD_QUEUE_NAMES = """
+WITH RECURSIVE pending_queues AS (
+    (SELECT queue FROM {schema}.jobs WHERE state = 'pending' ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.queue FROM {schema}.jobs AS j
+            WHERE j.state = 'pending' AND j.queue > p.queue ORDER BY j.queue LIMIT 1)
+    FROM pending_queues AS p WHERE p.queue IS NOT NULL
+), dead_queues AS (
+    (SELECT queue FROM {schema}.dead_letters ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.queue FROM {schema}.dead_letters AS d
+            WHERE d.queue > q.queue ORDER BY d.queue LIMIT 1)
+    FROM dead_queues AS q WHERE q.queue IS NOT NULL
+)
+SELECT queue FROM pending_queues WHERE queue IS NOT NULL
+UNION SELECT queue FROM dead_queues WHERE queue IS NOT NULL
+UNION SELECT queue FROM {schema}.jobs WHERE state = 'running'
+UNION SELECT name FROM {schema}.queues
+UNION SELECT queue FROM {schema}.job_history WHERE minute >= now() - interval '1 hour'
+ORDER BY 1
+LIMIT %(max_queues)s
+"""
+
+# Pending jobs per queue and priority (skip scan over the priorities of each queue, at
+# most %(max_priorities)s): due and scheduled counts capped at %(cap)s, and the earliest
+# next_run_at. Each piece is one range of jobs_queue_claim_idx.
+DASHBOARD_PENDING_BY_PRIORITY = """
+WITH RECURSIVE prios AS (
+    SELECT n.queue,
+           (SELECT j.priority FROM {schema}.jobs AS j
+            WHERE j.queue = n.queue AND j.state = 'pending'
+            ORDER BY j.priority DESC LIMIT 1) AS priority,
+           1 AS depth
+    FROM unnest(%(queues)s::text[]) AS n(queue)
+    UNION ALL
+    SELECT p.queue,
+           (SELECT j.priority FROM {schema}.jobs AS j
+            WHERE j.queue = p.queue AND j.state = 'pending' AND j.priority < p.priority
+            ORDER BY j.priority DESC LIMIT 1),
+           p.depth + 1
+    FROM prios AS p
+    WHERE p.priority IS NOT NULL AND p.depth <= %(max_priorities)s
+)
+SELECT p.queue, p.priority, p.depth,
+       (SELECT count(*) FROM (
+            SELECT 1 FROM {schema}.jobs AS j
+            WHERE j.queue = p.queue AND j.state = 'pending' AND j.priority = p.priority
+              AND j.next_run_at <= now()
+            LIMIT %(cap)s) AS due) AS due,
+       (SELECT count(*) FROM (
+            SELECT 1 FROM {schema}.jobs AS j
+            WHERE j.queue = p.queue AND j.state = 'pending' AND j.priority = p.priority
+              AND j.next_run_at > now()
+            LIMIT %(cap)s) AS later) AS scheduled,
+       (SELECT j.next_run_at FROM {schema}.jobs AS j
+        WHERE j.queue = p.queue AND j.state = 'pending' AND j.priority = p.priority
+        ORDER BY j.next_run_at LIMIT 1) AS earliest
+FROM prios AS p
+WHERE p.priority IS NOT NULL
+"""
+
+# Running jobs are few (bounded by the workers' concurrency): jobs_lease_idx.
+DASHBOARD_RUNNING_BY_QUEUE = """
+SELECT queue, count(*) FROM {schema}.jobs WHERE state = 'running' GROUP BY queue
+"""
+
+DASHBOARD_DEAD_BY_QUEUE = """
+SELECT n.queue,
+       (SELECT count(*) FROM (
+            SELECT 1 FROM {schema}.dead_letters AS d WHERE d.queue = n.queue LIMIT %(cap)s
+        ) AS capped)
+FROM unnest(%(queues)s::text[]) AS n(queue)
+"""
+
+DASHBOARD_QUEUE_LIMITS = """
+SELECT name, pending_limit FROM {schema}.queues WHERE name = ANY(%(queues)s::text[])
+"""
+
+# Finished attempts per queue and minute over the last hour (job_history's primary key
+# starts with the minute).
+DASHBOARD_THROUGHPUT = """
+SELECT queue, minute, sum(succeeded)::bigint, sum(retried)::bigint, sum(dead)::bigint
+FROM {schema}.job_history
+WHERE minute >= date_trunc('minute', now()) - interval '59 minutes'
+GROUP BY queue, minute
+ORDER BY queue, minute
+"""
+
+DASHBOARD_NOW = """
+SELECT now()
+"""
+
+# Every dashboard connection: no statement runs longer than the dashboard's timeout; a
+# read-only dashboard's sessions cannot write.
+DASHBOARD_SESSION_SETUP = """
+SELECT set_config('statement_timeout', %(statement_timeout_ms)s::text, false),
+       set_config('default_transaction_read_only', %(read_only)s, false)
+"""
+
+# Bounds the next statement of the transaction (capped counts over unindexed filters).
+DASHBOARD_LOCAL_TIMEOUT = """
+SELECT set_config('statement_timeout', %(milliseconds)s::text, true)
+"""
+
+# Jobs, newest first, keyset on id (never OFFSET): rows older than %(before)s. Filters apply
+# within the next %(window)s ids of the primary key, so a rare filter costs a bounded scan,
+# never the whole table; the page then offers to search further. state: 'pending' (due),
+# 'scheduled', 'running'. search: a case-insensitive substring of the JSON arguments.
+DASHBOARD_JOBS_OLDER = """
+SELECT id, queue, task, left(args::text, 300) AS args, state, priority, attempts,
+       max_attempts, next_run_at, created_at, started_at, left(last_error, 300) AS last_error,
+       worker_id, state = 'pending' AND next_run_at > now() AS is_scheduled
+FROM (
+    SELECT * FROM {schema}.jobs
+    WHERE (%(before)s::bigint IS NULL OR id < %(before)s)
+    ORDER BY id DESC LIMIT %(window)s
+) AS w
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(state)s::text IS NULL
+       OR (%(state)s = 'running' AND state = 'running')
+       OR (%(state)s = 'pending' AND state = 'pending' AND next_run_at <= now())
+       OR (%(state)s = 'scheduled' AND state = 'pending' AND next_run_at > now()))
+  AND (%(search)s::text IS NULL OR strpos(lower(args::text), lower(%(search)s)) > 0)
+ORDER BY id DESC LIMIT %(limit)s
+"""
+
+# Where a filtered page's bounded scan ended: the lowest id it read, and how many it read
+# (fewer than %(window)s: it reached the oldest job).
+DASHBOARD_JOBS_WINDOW_END = """
+SELECT min(id), count(*) FROM (
+    SELECT id FROM {schema}.jobs
+    WHERE (%(before)s::bigint IS NULL OR id < %(before)s)
+    ORDER BY id DESC LIMIT %(window)s
+) AS w
+"""
+
+# Matching jobs, counted no further than %(cap)s (the caller also bounds its time).
+DASHBOARD_JOBS_COUNT = """
+SELECT count(*) FROM (SELECT 1 FROM {schema}.jobs
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(state)s::text IS NULL
+       OR (%(state)s = 'running' AND state = 'running')
+       OR (%(state)s = 'pending' AND state = 'pending' AND next_run_at <= now())
+       OR (%(state)s = 'scheduled' AND state = 'pending' AND next_run_at > now()))
+  AND (%(search)s::text IS NULL OR strpos(lower(args::text), lower(%(search)s)) > 0)
+LIMIT %(cap)s) AS capped
+"""
+
+# Bulk actions over "all matching": the next batch of ids, oldest first, after %(after)s.
+DASHBOARD_JOB_IDS_MATCHING = """
+SELECT id FROM {schema}.jobs
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(state)s::text IS NULL
+       OR (%(state)s = 'running' AND state = 'running')
+       OR (%(state)s = 'pending' AND state = 'pending' AND next_run_at <= now())
+       OR (%(state)s = 'scheduled' AND state = 'pending' AND next_run_at > now()))
+  AND (%(search)s::text IS NULL OR strpos(lower(args::text), lower(%(search)s)) > 0)
+  AND id > %(after)s
+ORDER BY id LIMIT %(limit)s
+"""
+
+DASHBOARD_JOB = """
+SELECT id, queue, task, args, state, priority, attempts, max_attempts, next_run_at,
+       created_at, started_at, last_error, worker_id, lease_expires_at, unique_key,
+       trace_context, state = 'pending' AND next_run_at > now() AS is_scheduled
+FROM {schema}.jobs WHERE id = %(id)s
+"""
+
+# "Retry now": a scheduled or retrying pending job becomes due at once (a running job,
+# or one already due, is left alone). Returns the queues to wake.
+DASHBOARD_RETRY_NOW = """
+UPDATE {schema}.jobs SET next_run_at = now()
+WHERE id = ANY(%(ids)s::bigint[]) AND state = 'pending' AND next_run_at > now()
+RETURNING id, queue
+"""
+
+# Dead letters, newest first, same keyset and bounded-scan rules as the jobs list.
+# search: a case-insensitive substring of the error or the JSON arguments.
+DASHBOARD_DEAD_LETTERS_OLDER = """
+SELECT id, job_id, queue, task, left(args::text, 300) AS args, attempts, max_attempts,
+       left(error, 500) AS error, created_at, failed_at
+FROM (
+    SELECT * FROM {schema}.dead_letters
+    WHERE (%(before)s::bigint IS NULL OR id < %(before)s)
+    ORDER BY id DESC LIMIT %(window)s
+) AS w
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(search)s::text IS NULL
+       OR strpos(lower(error), lower(%(search)s)) > 0
+       OR strpos(lower(args::text), lower(%(search)s)) > 0)
+ORDER BY id DESC LIMIT %(limit)s
+"""
+
+DASHBOARD_DEAD_LETTERS_WINDOW_END = """
+SELECT min(id), count(*) FROM (
+    SELECT id FROM {schema}.dead_letters
+    WHERE (%(before)s::bigint IS NULL OR id < %(before)s)
+    ORDER BY id DESC LIMIT %(window)s
+) AS w
+"""
+
+DASHBOARD_DEAD_LETTERS_COUNT = """
+SELECT count(*) FROM (SELECT 1 FROM {schema}.dead_letters
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(search)s::text IS NULL
+       OR strpos(lower(error), lower(%(search)s)) > 0
+       OR strpos(lower(args::text), lower(%(search)s)) > 0)
+LIMIT %(cap)s) AS capped
+"""
+
+DASHBOARD_DEAD_LETTER_IDS_MATCHING = """
+SELECT id FROM {schema}.dead_letters
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(search)s::text IS NULL
+       OR strpos(lower(error), lower(%(search)s)) > 0
+       OR strpos(lower(args::text), lower(%(search)s)) > 0)
+  AND id > %(after)s
+ORDER BY id LIMIT %(limit)s
+"""
+
+DASHBOARD_DEAD_LETTER = """
+SELECT id, job_id, queue, task, args, priority, attempts, max_attempts, error, created_at,
+       failed_at, trace_context
+FROM {schema}.dead_letters WHERE id = %(id)s
+"""
+
+DASHBOARD_PURGE_DEAD_LETTERS = """
+DELETE FROM {schema}.dead_letters WHERE id = ANY(%(ids)s::bigint[])
+"""

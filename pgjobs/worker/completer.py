@@ -20,8 +20,10 @@ from typing import Any
 
 import psycopg
 
+from ..retry import default_backoff
 from ..sql import Statements
 from .dbconn import ResilientConnection
+from .errortext import first_line, storable
 from .inhand import InHand
 from .jobs import Outcome, Result
 
@@ -189,18 +191,12 @@ class Completer:
     def flush(self, batch: list[Result]) -> None:
         """Write a batch of outcomes: one statement (plus one for shutdown releases).
 
-        Connection errors are retried inside; any other error drops the batch's
-        outcomes and stops renewing their leases, so the jobs are rescued (run again)
-        instead of being held forever.
+        Connection errors are retried inside. A statement the server (or the driver)
+        refuses is split in halves until the one outcome that cannot be written is
+        alone; that job still gets a storable outcome (see ``_write_alone``). A batch is
+        never dropped.
         """
-        try:
-            self._write(batch)
-        except Exception:
-            self._in_hand.remove(r.job.id for r in batch)
-            self._on_settled(len(batch))
-            log.exception("could not write %d outcome(s); their leases will expire and the "
-                          "jobs will run again", len(batch))
-            return
+        self._write_isolating(batch)
         self._in_hand.remove(r.job.id for r in batch)
         self._on_settled(len(batch))
         delays = [r.delay for r in batch if r.outcome is Outcome.RETRY]
@@ -210,6 +206,56 @@ class Completer:
             self._record(batch)
         if self._on_outcomes is not None:
             self._on_outcomes(batch)
+
+    def _write_isolating(self, batch: list[Result]) -> None:
+        try:
+            self._write(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                self._write_alone(batch[0], exc)
+                return
+            middle = len(batch) // 2
+            self._write_isolating(batch[:middle])
+            self._write_isolating(batch[middle:])
+
+    def _write_alone(self, result: Result, exc: Exception) -> None:
+        """The last resort for one outcome the database refused.
+
+        First the job fails as its attempts say (retry or dead letter) with a description
+        of what happened; if even that is refused (e.g. a row changed by hand that can no
+        longer be pending), it is buried with its names bounded. Only when that fails too
+        is it left to its lease, which expires and lets the rescue decide.
+        """
+        job = result.job
+        problem = storable(f"{type(exc).__name__}: {first_line(str(exc), 500)}")
+        what = (f"pgjobs could not store this attempt's outcome ({result.outcome.value}): "
+                f"{problem}")
+        if result.error:
+            what += f"; the attempt's error was: {result.error}"
+        log.error("job %d (%s): could not write its outcome (%s): %s", job.id, job.task,
+                  result.outcome.value, problem)
+        if result.outcome is Outcome.RELEASE:
+            return  # nothing else to say: its lease expires and it is rescued
+        if job.attempt < job.max_attempts:
+            fallback = Result(job, Outcome.RETRY, error=storable(what),
+                              delay=default_backoff(job.attempt), duration=result.duration)
+        else:
+            fallback = Result(job, Outcome.DEAD, error=storable(what), duration=result.duration)
+        try:
+            self._write([fallback])
+            return
+        except Exception as second:
+            what += f"; then: {type(second).__name__}: {first_line(str(second), 500)}"
+        params = {"now": None, "id": job.id, "token": job.token, "error": storable(what)}
+        try:
+            rows = self._run_db(lambda c: c.execute(self._sql.BURY_UNWRITABLE, params,
+                                                    prepare=False).fetchall())
+        except Exception:
+            log.exception("job %d: could not bury it either; its lease will expire and the "
+                          "rescue will retry it", job.id)
+            return
+        if rows:
+            self.stats.dead_lettered += 1
 
     def _write(self, batch: list[Result]) -> None:
         ok = [r for r in batch if r.outcome is Outcome.SUCCEEDED]
@@ -224,10 +270,10 @@ class Completer:
                 "retry_ids": array_literal(r.job.id for r in retry),
                 "retry_tokens": array_literal(r.job.token for r in retry),
                 "retry_delays": array_literal(r.delay for r in retry),
-                "retry_errors": [r.error for r in retry],
+                "retry_errors": [storable(r.error or "failed") for r in retry],
                 "dead_ids": array_literal(r.job.id for r in dead),
                 "dead_tokens": array_literal(r.job.token for r in dead),
-                "dead_errors": [r.error or "failed" for r in dead],
+                "dead_errors": [storable(r.error or "failed") for r in dead],
                 "all_ids": array_literal(r.job.id for r in batch),
                 "all_durations": array_literal(r.duration for r in batch),
             }

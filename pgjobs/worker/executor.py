@@ -18,7 +18,6 @@ import logging
 import queue
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -27,8 +26,10 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from ..context import JobContext, reset_current, set_current
+from ..errors import JobTimeout
 from ..retry import is_permanent, retry_delay
 from ..tracing import TracingSwitch, end_process_span, get_tracer, process_span
+from .errortext import format_error
 from .jobs import ClaimedJob, Outcome, Result
 
 if TYPE_CHECKING:
@@ -36,12 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgjobs.worker")
 
-MAX_ERROR_CHARS = 16_000
 STOP = None  # sentinel in the job buffer: one per executor thread on shutdown
-
-
-class JobTimeout(Exception):
-    """Raised inside a handler's thread when the job passed its timeout."""
+__all__ = ["ExecutorPool", "JobTimeout", "format_error"]
 
 
 @dataclass(slots=True)
@@ -344,16 +341,6 @@ class _Signature:
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
-
-
-def format_error(exc: BaseException) -> str:
-    """``Type: message`` then the traceback, bounded in size."""
-    text = "".join(traceback.format_exception(exc)).rstrip()
-    head = f"{type(exc).__name__}: {exc}"
-    full = f"{head}\n\n{text}"
-    if len(full) > MAX_ERROR_CHARS:
-        full = full[: MAX_ERROR_CHARS // 2] + "\n…\n" + full[-MAX_ERROR_CHARS // 2 :]
-    return full
 
 
 def _cancel_queries(running: _Running) -> None:
