@@ -192,3 +192,41 @@ def test_concurrent_processes_overshoot_within_documented_bound(pg_url, schema, 
         assert p.wait(timeout=120) == 0
     total = count(db, schema, "jobs")
     assert limit <= total <= limit + procs_n
+
+
+def test_unique_key_is_checked_before_the_limit(pg_url, schema, conn, db):
+    """A re-delivered request whose key a live job holds gets that job's id, not
+    QueueFull; anything that would add a job to the full queue is still refused."""
+    app, work = _app(pg_url, schema, limit_refresh_interval=60)
+    app.set_queue_limit(conn, "q", 2)
+    conn.commit()
+    first = work.options(unique_key="evt-1").enqueue(conn, n=1)
+    work.enqueue(conn, n=2)
+    conn.commit()
+    assert work.options(unique_key="evt-1").enqueue(conn, n=1) == first
+    assert app.enqueue_many(conn, [work.options(unique_key="evt-1").job(n=1)] * 3) == [
+        first] * 3
+    with pytest.raises(pgjobs.QueueFull):
+        work.options(unique_key="evt-2").enqueue(conn, n=3)
+    with pytest.raises(pgjobs.QueueFull) as info:  # all or nothing: one job is new
+        app.enqueue_many(conn, [work.options(unique_key="evt-1").job(n=1), work.job(n=4)])
+    assert info.value.requested == 1
+    conn.commit()
+    assert count(db, schema, "jobs") == 2
+
+
+def test_unique_keys_absorbed_by_live_jobs_give_their_places_back(pg_url, schema, conn, db):
+    app, work = _app(pg_url, schema, limit_refresh_interval=60)  # one count, then memory
+    app.set_queue_limit(conn, "q", 4)
+    conn.commit()
+    held = work.options(unique_key="k").enqueue(conn, n=0)
+    conn.commit()
+    # Three places taken, one used: the two that the live key absorbed are free again.
+    ids = app.enqueue_many(conn, [work.options(unique_key="k").job(n=0)] * 2 + [work.job(n=1)])
+    assert ids[:2] == [held, held]
+    work.enqueue(conn, n=2)
+    work.enqueue(conn, n=3)  # the limit's 4th job
+    conn.commit()
+    with pytest.raises(pgjobs.QueueFull):
+        work.enqueue(conn, n=4)
+    assert count(db, schema, "jobs") == 4

@@ -304,3 +304,142 @@ def test_enqueue_many_copy_round_trips_names_and_args_that_need_escaping(app, co
         "SELECT id, queue, task, args, priority, next_run_at - created_at > interval '59 s' "
         "FROM {} ORDER BY id").format(sql.Identifier(schema, "jobs"))).fetchall()
     assert rows == [(ids[0], queue, name, args, 0, False), (ids[1], queue, name, args, 7, True)]
+
+
+class RaceConnection(psycopg.Connection):
+    """A psycopg connection that runs ``race()`` once, just before it executes
+    ``statement``: the window between two statements of one enqueue, made reliable."""
+
+    statement: object = None
+    race: object = None
+
+    def execute(self, query, params=None, **kwargs):
+        race = self.race
+        if race is not None and query == self.statement:
+            self.race = None
+            race()
+        return super().execute(query, params, **kwargs)
+
+
+def _delete_job(db, schema, job_id):
+    db.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(sql.Identifier(schema, "jobs")),
+               [job_id])
+
+
+def test_enqueue_many_one_id_per_job_when_a_key_holder_finishes_meanwhile(app, pg_url, db,
+                                                                          schema):
+    deliver, _ = _tasks(app)
+    with psycopg.connect(pg_url) as c:
+        holder = deliver.options(unique_key="k").enqueue(c, event_id="holder", body={})
+        c.commit()
+    with RaceConnection.connect(pg_url) as conn:
+        # The batch's insert conflicts with the holder; the holder finishes (leaves jobs)
+        # before the look-up of the key's live job.
+        conn.statement = app.sql.JOB_IDS_BY_UNIQUE_KEYS
+        conn.race = lambda: _delete_job(db, schema, holder)
+        ids = app.enqueue_many(conn, [
+            deliver.job(event_id="plain", body={}),
+            deliver.options(unique_key="k").job(event_id="k", body={}),
+            deliver.options(unique_key="k").job(event_id="k-dup", body={}),
+            deliver.options(unique_key="j").job(event_id="j", body={}),
+        ])
+        assert conn.race is None  # the race did happen
+        conn.commit()
+    assert len(ids) == 4 and ids[1] == ids[2] and holder not in ids
+    assert len({ids[0], ids[1], ids[3]}) == 3
+    rows = dict(db.execute(sql.SQL("SELECT id, unique_key FROM {}").format(
+        sql.Identifier(schema, "jobs"))).fetchall())
+    assert rows == {ids[0]: None, ids[1]: "k", ids[3]: "j"}
+
+
+def test_unique_key_reinsert_notifies_traces_and_counts_like_the_first_insert(pg_url, db,
+                                                                              schema):
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+
+    reader = InMemoryMetricReader()
+    app = pgjobs.App(pg_url, schema=schema, tracer_provider=TracerProvider(),
+                     meter_provider=MeterProvider(metric_readers=[reader]))
+    deliver, _ = _tasks(app)
+    with psycopg.connect(pg_url) as c:
+        holder = deliver.options(unique_key="k").enqueue(c, event_id="holder", body={})
+        c.commit()
+    with psycopg.connect(pg_url, autocommit=True) as listener, \
+            RaceConnection.connect(pg_url) as conn:
+        listener.execute(app.sql.listen)
+        # Insert conflicts with the holder, which finishes before the look-up: the job
+        # is inserted again.
+        conn.statement = app.sql.JOB_ID_BY_UNIQUE_KEY
+        conn.race = lambda: _delete_job(db, schema, holder)
+        job_id = deliver.options(unique_key="k").enqueue(conn, event_id="again", body={})
+        assert conn.race is None
+        conn.commit()
+        listener.execute("SELECT pg_notify(%s, 'probe')", [app.sql.channel])
+        got = []
+        for note in listener.notifies(timeout=10):
+            if note.payload == "probe":
+                break
+            got.append(note.payload)
+    assert job_id != holder
+    assert got == ["webhooks"]  # the re-insert woke the queue's workers
+    row = _row(db, schema, job_id)
+    assert row["unique_key"] == "k" and row["trace_context"]  # the producer span's context
+    data = reader.get_metrics_data()
+    enqueued = sum(
+        p.value
+        for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+        if m.name == "pgjobs.jobs.enqueued" for p in m.data.data_points
+    )
+    assert enqueued == 2  # the holder, and the re-inserted job
+
+
+def test_queue_depths_counts_pending_jobs_per_queue(app, conn, db, schema, pg_url):
+    deliver, flaky = _tasks(app)
+    app.enqueue_many(conn, [deliver.job(event_id=str(i), body={}) for i in range(5)])
+    flaky.options(delay=3600).enqueue(conn)  # scheduled: pending, counted
+    flaky.options(queue="ran").enqueue(conn)
+    assert app.queue_depths(conn) == {"webhooks": 5, "default": 1, "ran": 1}  # own tx
+    conn.commit()
+    # A claimed (running) job is not pending.
+    db.execute(app.sql.CLAIM_QUEUES,
+               {"now": None, "limit": 1, "lease_seconds": 30, "worker_id": "t", "queues": ["ran"]})
+    assert app.queue_depths(conn) == {"webhooks": 5, "default": 1}
+    assert app.queue_depths(conn, ["webhooks", "ran", "none"]) == {
+        "webhooks": 5, "ran": 0, "none": 0}
+    assert app.queue_depths(conn, ["webhooks"], at_most=3) == {"webhooks": 3}
+    engine = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with Session(engine) as session:
+            assert app.queue_depths(session, ["default"]) == {"default": 1}
+    finally:
+        engine.dispose()
+    with pytest.raises(TypeError, match="list of queue names"):
+        app.queue_depths(conn, "webhooks")
+    with pytest.raises(ValueError, match="at_most"):
+        app.queue_depths(conn, at_most=-1)
+
+
+def test_queue_depths_reads_the_queue_index_not_the_table(app, conn, db, schema):
+    """Unlike the queue_stats view, the count never scans jobs: many running jobs, a
+    backlog in one queue and a few pending jobs in others, and the plan touches only the
+    pending part of the queue index."""
+    jobs = sql.Identifier(schema, "jobs")
+    db.execute(sql.SQL(
+        "INSERT INTO {} (queue, task, state, lease_token) SELECT 'busy' || (g % 3), 't', "
+        "'running', gen_random_uuid() FROM generate_series(1, 20000) AS g").format(jobs))
+    db.execute(sql.SQL(
+        "INSERT INTO {} (queue, task) SELECT 'q' || (g % 4), 't' "
+        "FROM generate_series(1, 40) AS g").format(jobs))
+    db.execute(sql.SQL(
+        "INSERT INTO {} (queue, task) SELECT 'backlog', 't' "
+        "FROM generate_series(1, 5000) AS g").format(jobs))
+    # As autovacuum keeps it (the table's settings vacuum early): visibility map set.
+    db.execute(sql.SQL("VACUUM ANALYZE {}").format(jobs))
+    assert app.queue_depths(conn) == {
+        "backlog": 5000, "q0": 10, "q1": 10, "q2": 10, "q3": 10}
+    for statement, params in ((app.sql.QUEUE_DEPTHS_ALL, {"at_most": None}),
+                              (app.sql.QUEUE_DEPTHS_OF, {"at_most": None, "queues": ["q1"]})):
+        plan = json.dumps(db.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + statement,
+                                     params).fetchone()[0])
+        assert "jobs_queue_claim_idx" in plan and "Seq Scan" not in plan, plan
