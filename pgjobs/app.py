@@ -21,10 +21,12 @@ from .task import Backoff, JobSpec, Task, validate_max_attempts, validate_queue
 from .tracing import get_tracer
 
 if TYPE_CHECKING:
+    from .periodic import Schedule
     from .worker import Worker
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T", bound=Task[Any, Any])
 
 
 class App:
@@ -62,6 +64,7 @@ class App:
         self.meter_provider = meter_provider
         self.tracer_provider = tracer_provider
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {}  # @app.periodic, by schedule name
         self._limit_settings = (limit_refresh_interval, retry_after)
         self._use_schema(self.schema)
 
@@ -143,6 +146,29 @@ class App:
         if fn is not None:
             return register(fn)
         return register
+
+    def periodic(
+        self,
+        *,
+        cron: str,
+        timezone: str = "UTC",
+        args: dict[str, Any] | None = None,
+        name: str | None = None,
+        max_delay: float = 600.0,
+    ) -> Callable[[T], T]:
+        """Run a task on a cron schedule; stack it above ``@app.task``.
+
+        ``cron``: 5 fields (minute hour day-of-month month day-of-week) or an alias
+        (``@hourly``, ``@daily``…), evaluated in ``timezone`` (IANA name, DST-correct).
+        ``args``: the task's keyword arguments. ``name`` (default: the task's name)
+        identifies the schedule. Every running worker of the App schedules it and the
+        database makes each tick run exactly once; a tick seen more than ``max_delay``
+        seconds late (no worker was running) is skipped. See :mod:`pgjobs.periodic`.
+        """
+        from .periodic import decorator
+
+        return decorator(self, cron=cron, timezone=timezone, args=args, name=name,
+                         max_delay=max_delay)
 
     def enqueue_many(self, conn: Any, jobs: Iterable[JobSpec]) -> list[int]:
         """Enqueue many jobs in ``conn``'s transaction (COPY); returns their ids.

@@ -39,6 +39,14 @@ INSTRUMENTS: dict[str, tuple[str, str, str]] = {
     "pgjobs.queue_full.rejections": ("counter", "{job}", "Enqueues refused with QueueFull"),
     "pgjobs.jobs.outcomes": ("counter", "{job}", "Attempt outcomes: succeeded, retried, "
                                                  "dead_lettered, timed_out, rescued"),
+    # Periodic jobs (attribute: schedule). Each tick is counted once, by the worker that
+    # decided it: sum across workers.
+    "pgjobs.periodic.ticks_enqueued": ("counter", "{tick}", "Periodic ticks enqueued as jobs"),
+    "pgjobs.periodic.ticks_skipped": ("counter", "{tick}", "Periodic ticks skipped: the "
+                                                           "queue was at its pending limit"),
+    "pgjobs.periodic.ticks_missed": ("counter", "{tick}", "Periodic ticks older than their "
+                                                          "max_delay when a worker saw them"),
+    "pgjobs.periodic.tick_lag": ("histogram", "s", "Tick time to the commit of its job"),
 }
 
 
@@ -75,6 +83,29 @@ def enqueue_instruments(provider: Any | None) -> EnqueueInstruments:
     return EnqueueInstruments(
         enqueued=_counter(meter, "pgjobs.jobs.enqueued"),
         rejections=_counter(meter, "pgjobs.queue_full.rejections"),
+    )
+
+
+@dataclass
+class PeriodicInstruments:
+    """What the periodic scheduler records."""
+
+    enqueued: Any
+    skipped: Any
+    missed: Any
+    lag: Any
+
+
+def periodic_instruments(provider: Any | None) -> PeriodicInstruments:
+    meter = _meter(provider)
+    return PeriodicInstruments(
+        enqueued=_counter(meter, "pgjobs.periodic.ticks_enqueued"),
+        skipped=_counter(meter, "pgjobs.periodic.ticks_skipped"),
+        missed=_counter(meter, "pgjobs.periodic.ticks_missed"),
+        lag=meter.create_histogram(
+            "pgjobs.periodic.tick_lag", unit="s",
+            description=INSTRUMENTS["pgjobs.periodic.tick_lag"][2],
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS),
     )
 
 

@@ -129,6 +129,7 @@ class Worker:
         self.completer: Completer | None = None
         self.executors: ExecutorPool | None = None
         self.on_outcomes: Callable[[list[Result]], None] | None = None
+        self.periodic: Any = None  # pgjobs.periodic_scheduler.PeriodicScheduler, if any
 
     # --- public --------------------------------------------------------------------------
 
@@ -184,6 +185,11 @@ class Worker:
             )
 
     def _start(self, url: str) -> None:
+        from ..periodic_scheduler import start_for_worker
+
+        # First, so a refused registration leaves nothing running. Its own thread and
+        # short-lived connections: outside --pool-size, never starved by busy executors.
+        self.periodic = start_for_worker(self.app)
         self._stopping = threading.Event()  # claimers stop
         self._abort = threading.Event()  # outcome writes give up (hard deadline)
         name = self._application_name = f"pgjobs worker {self.id}"[:63]
@@ -342,6 +348,8 @@ class Worker:
         assert self.fetcher and self.completer and self.executors
         deadline = time.monotonic() + self.shutdown_timeout
         self._stopping.set()
+        if self.periodic is not None:
+            self.periodic.stop()
         self.fetcher.stop()
         self.fetcher.thread.join(timeout=max(1.0, self.shutdown_timeout))
         # Claimed but never started: back to pending, uncharged.

@@ -1,0 +1,243 @@
+"""The periodic scheduler: a worker service that enqueues its App's cron ticks.
+
+Every ``pgjobs work`` process of an App runs one. There is no leader: each scheduler
+wakes at its schedules' tick times, reads the **database's** clock, and for each schedule
+tries to advance the schedule's high-water mark to the latest tick that is due
+(:func:`pgjobs.periodic_store.decide_tick`); the transaction that moves it inserts the
+job, the others change nothing. A process killed at any point loses no tick: before its
+commit nothing happened and the others still see the tick as due; after it, the job is
+in ``jobs``.
+
+It runs on its own thread with its own connection, never on the executor pool, so a
+worker whose executors are all busy still enqueues its ticks on time. By default the
+connection is opened for each wake-up and closed after it (a few per minute at most), so
+it holds no connection between ticks and takes nothing from ``--pool-size``.
+
+Time is injected: a :class:`Clock` says what "now" is (``None``: the database's clock)
+and how to wait, so tests run a simulated day in seconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import psycopg
+
+from . import periodic_store as store
+from .errors import ConfigurationError
+from .metrics import PeriodicInstruments, periodic_instruments
+from .periodic import Schedule
+
+if TYPE_CHECKING:
+    from .app import App
+
+log = logging.getLogger("pgjobs.periodic")
+
+#: Longest sleep between two readings of the database clock (it may be stepped by NTP).
+MAX_SLEEP = 60.0
+#: Woken this much after a tick, so the database clock has certainly reached it.
+WAKE_MARGIN = 0.005
+RETRY_MIN, RETRY_MAX = 0.5, 10.0
+
+
+class Clock(Protocol):
+    """Where the scheduler's time comes from."""
+
+    def now(self) -> dt.datetime | None:
+        """The current time, or ``None`` to use the database's ``now()``."""
+
+    def sleep(self, seconds: float, stop: threading.Event) -> bool:
+        """Wait ``seconds`` (of this clock) or until ``stop`` is set; True if stopped."""
+
+
+class DatabaseClock:
+    """Production time: the database's clock, and real waiting."""
+
+    def now(self) -> dt.datetime | None:
+        return None
+
+    def sleep(self, seconds: float, stop: threading.Event) -> bool:
+        return stop.wait(max(0.0, seconds))
+
+
+class PeriodicScheduler:
+    """Enqueues the ticks of ``app.schedules``; ``start()`` registers them and starts the
+    thread, ``stop()`` ends it. ``run_once()`` is one wake-up (tests drive it directly).
+
+    ``connect`` makes a new autocommit connection (default: to the App's database).
+    ``hold_connection``: keep one connection for the scheduler's life instead of one per
+    wake-up (then count it in the pool budget).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        clock: Clock | None = None,
+        connect: Callable[[], psycopg.Connection[Any]] | None = None,
+        hold_connection: bool = False,
+        schedules: dict[str, Schedule] | None = None,
+        instruments: PeriodicInstruments | None = None,
+        name: str = "pgjobs-periodic",
+    ) -> None:
+        self.app = app
+        self.clock: Clock = clock or DatabaseClock()
+        self.schedules = dict(app.schedules if schedules is None else schedules)
+        self.hold_connection = hold_connection
+        self.instruments = instruments or periodic_instruments(app.meter_provider)
+        self.results: list[store.TickResult] = []  # decided by this process (bounded)
+        self._connect = connect or (lambda: psycopg.connect(
+            app.database_url, autocommit=True, connect_timeout=10,
+            application_name="pgjobs periodic"))
+        self._conn: psycopg.Connection[Any] | None = None
+        self._seen: dict[str, dt.datetime] = {}  # schedule -> last tick decided here
+        self._stop = threading.Event()
+        self._failures = 0
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    # --- service -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Register the App's schedules (raises if the database refuses), then run."""
+        self.register()
+        self.thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread (a decision in progress completes or rolls back) and close."""
+        self._stop.set()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+        if not self.thread.is_alive():
+            self._close()
+
+    def register(self) -> list[str]:
+        """Upsert this App's schedules; mark the others inactive. Returns those names."""
+        try:
+            conn = self._connection()
+            gone = store.register(conn, self.app.sql, self.schedules.values(),
+                                  self.clock.now())
+        finally:
+            if not self.hold_connection:
+                self._close()
+        if self.schedules:
+            log.info("periodic: %d schedule(s) registered: %s", len(self.schedules),
+                     ", ".join(f"{s.name} ({s.expression} {s.timezone})"
+                               for s in sorted(self.schedules.values(), key=lambda s: s.name)))
+        if gone:
+            log.info("periodic: schedule(s) no longer defined by this App marked inactive: %s",
+                     ", ".join(gone))
+        return gone
+
+    # --- one wake-up ---------------------------------------------------------------------
+
+    def run_once(self) -> float:
+        """Decide every due tick; return the seconds (of the clock) until the next one."""
+        try:
+            conn = self._connection()
+            now = store.server_now(conn, self.app.sql, self.clock.now())
+            for schedule in sorted(self.schedules.values(), key=lambda s: s.name):
+                if self._stop.is_set():
+                    break
+                tick = schedule.cron.latest_at_or_before(now)
+                if tick is None or self._seen.get(schedule.name) == tick:
+                    continue
+                result = store.decide_tick(conn, self.app.sql, schedule, tick, now,
+                                           default_limit=self.app.default_queue_limit)
+                self._seen[schedule.name] = tick
+                self._record(result)
+            return self._until_next(now)
+        finally:
+            if not self.hold_connection:
+                self._close()
+
+    def _until_next(self, now: dt.datetime) -> float:
+        upcoming = [t for s in self.schedules.values()
+                    if (t := s.cron.next_after(now)) is not None]
+        if not upcoming:
+            return MAX_SLEEP
+        return min(MAX_SLEEP, (min(upcoming) - now).total_seconds() + WAKE_MARGIN)
+
+    def _record(self, result: store.TickResult) -> None:
+        if result.outcome == store.TAKEN:
+            return
+        self.results.append(result)
+        del self.results[:-10_000]
+        attributes = {"schedule": result.schedule}
+        tick = result.tick.isoformat()
+        if result.outcome == store.ENQUEUED:
+            self.instruments.enqueued.add(1, attributes)
+            self.instruments.lag.record(result.lag, attributes)
+            log.info("periodic schedule %r: tick %s enqueued as job %s (lag %.3fs)",
+                     result.schedule, tick, result.job_id, result.lag)
+        elif result.outcome == store.SKIPPED:
+            self.instruments.skipped.add(1, attributes)
+            log.warning("periodic schedule %r: tick %s skipped: queue %r is full (%s pending, "
+                        "limit %s); the next tick will try again", result.schedule, tick,
+                        result.queue, result.pending, result.limit)
+        else:
+            self.instruments.missed.add(1, attributes)
+            log.warning("periodic schedule %r: tick %s missed: seen %.0fs late, over its "
+                        "max_delay (no worker was running?)", result.schedule, tick,
+                        result.lag)
+
+    # --- thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                wait = self.run_once()
+                self._failures = 0
+            except Exception as exc:  # keep scheduling: the next wake-up retries the tick
+                self._failures += 1
+                self._close()
+                wait = min(RETRY_MAX, RETRY_MIN * 2 ** min(self._failures, 5))
+                wait *= random.uniform(0.5, 1.0)
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                log.warning("periodic scheduler: %s; retrying in %.1fs", first, wait,
+                            exc_info=not isinstance(exc, psycopg.OperationalError))
+            if self.clock.sleep(wait, self._stop):
+                break
+        self._close()
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect()
+        return self._conn
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+
+def start_for_worker(app: App) -> PeriodicScheduler | None:
+    """The worker's hook: register the App's schedules and start scheduling them.
+
+    An App without schedules gets no scheduler thread; the schedules a previous version
+    registered are still marked inactive, best effort (a least-privilege worker role may
+    not touch ``cron_schedules`` at all, and needs not when it schedules nothing).
+    """
+    scheduler = PeriodicScheduler(app)
+    if not app.schedules:
+        try:
+            scheduler.register()
+        except psycopg.errors.InsufficientPrivilege:
+            log.debug("periodic: no privilege on cron_schedules; nothing to schedule anyway")
+        return None
+    try:
+        scheduler.start()
+    except psycopg.errors.InsufficientPrivilege as exc:
+        first = (str(exc).strip().splitlines() or ["permission denied"])[0]
+        raise ConfigurationError(
+            f"cannot register this App's periodic schedules ({first}): the worker's role "
+            "needs SELECT, INSERT and UPDATE on cron_schedules and INSERT on jobs"
+        ) from exc
+    return scheduler

@@ -1,0 +1,161 @@
+"""Periodic schedules in the database: registration, the once-per-tick decision, listing.
+
+Every function takes the connection to use and the composed statements; none commits
+anything it did not open a transaction for itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from . import cron as cronlib
+from .errors import ConfigurationError
+from .periodic import Schedule
+from .sql import Statements
+from .task import JobSpec
+
+if TYPE_CHECKING:
+    from .app import App
+
+#: What happened to a tick this process looked at.
+ENQUEUED = "enqueued"  # its job was inserted
+SKIPPED = "skipped"  # its queue was at its pending limit: recorded, never retried
+MISSED = "missed"  # seen more than max_delay after its time: recorded, not enqueued
+TAKEN = "taken"  # another worker decided it (or it predates the schedule): nothing done
+
+
+@dataclass(frozen=True)
+class TickResult:
+    """The decision about one tick of one schedule, as seen by this process."""
+
+    schedule: str
+    tick: dt.datetime
+    outcome: str
+    job_id: int | None = None
+    lag: float = 0.0
+    """Seconds from the tick time to the commit of the decision."""
+    queue: str | None = None
+    pending: int | None = None
+    limit: int | None = None
+
+
+def server_now(conn: psycopg.Connection[Any], sql: Statements,
+               now: dt.datetime | None = None) -> dt.datetime:
+    """The database's clock (or ``now`` when a test injects one)."""
+    row = conn.execute(sql.PERIODIC_NOW, {"now": now}).fetchone()
+    assert row is not None
+    value: dt.datetime = row[0]
+    return value
+
+
+def register(conn: psycopg.Connection[Any], sql: Statements, schedules: Iterable[Schedule],
+             now: dt.datetime | None = None) -> list[str]:
+    """Upsert ``schedules`` (active) and mark every other schedule inactive, in one
+    transaction; returns the names marked inactive."""
+    ordered = sorted(schedules, key=lambda s: s.name)  # same lock order in every worker
+    with conn.transaction():
+        current = server_now(conn, sql, now)
+        for schedule in ordered:
+            conn.execute(sql.PERIODIC_REGISTER, {
+                "name": schedule.name, "cron": schedule.expression,
+                "timezone": schedule.timezone, "args": schedule.args_json,
+                "task": schedule.task, "queue": schedule.queue,
+                "priority": schedule.priority, "max_attempts": schedule.max_attempts,
+                "max_delay": schedule.max_delay,
+                "next_tick": schedule.cron.next_after(current), "now": now,
+            })
+        rows = conn.execute(sql.PERIODIC_DEACTIVATE_OTHERS, {
+            "names": [s.name for s in ordered], "now": now,
+        }).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def decide_tick(conn: psycopg.Connection[Any], sql: Statements, schedule: Schedule,
+                tick: dt.datetime, now: dt.datetime, *,
+                default_limit: int | None = None) -> TickResult:
+    """Enqueue ``tick`` of ``schedule`` unless another worker already did; exactly once.
+
+    The high-water mark moves by compare-and-set in the same transaction as the job
+    insert: the first transaction to move it gets the tick, the others get
+    :data:`TAKEN`. A tick more than ``max_delay`` old is recorded as :data:`MISSED`, one
+    meeting a full queue as :data:`SKIPPED` (both move the mark: neither is retried).
+    """
+    started = time.monotonic()
+    late = (now - tick).total_seconds()
+    outcome = MISSED if late > schedule.max_delay else ENQUEUED
+    with conn.transaction():
+        claimed = conn.execute(sql.PERIODIC_CLAIM_TICK, {
+            "name": schedule.name, "tick": tick, "outcome": outcome,
+            "next_tick": schedule.cron.next_after(now), "now": now,
+        }).fetchone()
+        if claimed is None:
+            return TickResult(schedule.name, tick, TAKEN)
+        task, queue, args_json, priority, max_attempts = claimed
+        if outcome == MISSED:
+            return TickResult(schedule.name, tick, MISSED, lag=late, queue=queue)
+        row = conn.execute(sql.PERIODIC_ENQUEUE_TICK, {
+            "name": schedule.name, "tick": tick, "task": task, "queue": queue,
+            "args": args_json, "priority": priority, "max_attempts": max_attempts,
+            "default_limit": default_limit, "channel": sql.channel,
+        }).fetchone()
+        assert row is not None
+    job_id, pending, limit = row[0], row[1], row[2]
+    lag = late + (time.monotonic() - started)
+    if job_id is None:
+        return TickResult(schedule.name, tick, SKIPPED, lag=lag, queue=queue,
+                          pending=pending, limit=limit)
+    return TickResult(schedule.name, tick, ENQUEUED, job_id=int(job_id), lag=lag,
+                      queue=queue)
+
+
+def list_schedules(conn: psycopg.Connection[Any], sql: Statements,
+                   now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """Every registered schedule with its ``next_tick`` computed from the database clock
+    (``None`` for inactive schedules: no worker defines them any more)."""
+    current = server_now(conn, sql, now)
+    result = []
+    for row in conn.execute(sql.PERIODIC_LIST).fetchall():
+        (name, expression, timezone, args, task, queue, priority, max_attempts,
+         max_delay, active, last_tick, last_outcome, last_job_id, enqueued, skipped,
+         missed, registered_at) = row
+        next_tick = None
+        if active:
+            try:
+                next_tick = cronlib.parse(expression, timezone).next_after(current)
+            except cronlib.CronError:  # written by a newer or older pgjobs: show no guess
+                next_tick = None
+        result.append({
+            "name": name, "cron": expression, "timezone": timezone, "active": active,
+            "last_tick": last_tick, "next_tick": next_tick, "task": task, "queue": queue,
+            "args": args, "priority": priority, "max_attempts": max_attempts,
+            "max_delay_seconds": max_delay, "last_outcome": last_outcome,
+            "last_job_id": last_job_id, "ticks_enqueued": enqueued,
+            "ticks_skipped": skipped, "ticks_missed": missed,
+            "registered_at": registered_at,
+        })
+    return result
+
+
+def run_now(conn: psycopg.Connection[Any], app: App, name: str) -> int:
+    """Enqueue one job of the registered schedule ``name`` now, outside its tick series
+    (the high-water mark is untouched), in ``conn``'s transaction; returns the job id.
+
+    Works for inactive schedules too (an operator's explicit request). Raises
+    :class:`ConfigurationError` for an unknown schedule and :class:`pgjobs.QueueFull`
+    when its queue is at its pending limit.
+    """
+    row = conn.execute(app.sql.PERIODIC_GET, {"name": name}).fetchone()
+    if row is None:
+        raise ConfigurationError(
+            f"no periodic schedule named {name!r}: see `pgjobs periodic list` (schedules are "
+            "registered when a worker of their App starts)")
+    _, _, _, args_json, task, queue, priority, max_attempts, _active = row
+    spec = JobSpec(task=task, queue=queue, args_json=args_json, priority=priority,
+                   max_attempts=max_attempts)
+    return app._enqueuer.enqueue_one(conn, spec)
