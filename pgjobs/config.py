@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
 from pathlib import Path
+
+import psycopg
 
 from .errors import ConfigurationError
 
@@ -15,16 +18,45 @@ DEFAULT_MAX_ATTEMPTS = 5
 #: Where the embedded server keeps its data, relative to the current directory.
 EMBEDDED_DIR_NAME = ".pgjobs"
 
+#: What to install for the embedded server (named in every "no database" message).
+EMBEDDED_EXTRA = "pgjobs[embedded]"
+
 _URL_ENV_VARS = ("PGJOBS_DATABASE_URL", "DATABASE_URL")
 # SQLAlchemy-style URLs name a driver (postgresql+psycopg://); libpq does not accept that.
 _DRIVER_SUFFIX = re.compile(r"^(postgres(?:ql)?)\+[a-z0-9_]+://", re.IGNORECASE)
+_URL_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
+_POSTGRES_SCHEMES = {"postgres", "postgresql"}
+_URL_FORM = "postgresql://user:password@host:port/dbname"
+_logger = logging.getLogger(__name__)
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
 _PASSWORD_PARAM = re.compile(r"(password=)([^&\s]*)", re.IGNORECASE)
 
 
-def normalize_url(url: str) -> str:
-    """Turn a SQLAlchemy URL (``postgresql+psycopg://``) into a libpq one."""
-    return _DRIVER_SUFFIX.sub(r"\1://", url.strip())
+def normalize_url(url: str, source: str = "the database URL") -> str:
+    """Turn a SQLAlchemy URL (``postgresql+psycopg://``) into a libpq one.
+
+    Raises :class:`ConfigurationError` for a URL of another database (``mysql://…``),
+    naming ``source`` (where the URL came from). libpq's ``key=value`` strings pass.
+    """
+    url = url.strip()
+    scheme = _URL_SCHEME.match(url)
+    if scheme and scheme.group(1).split("+", 1)[0].lower() not in _POSTGRES_SCHEMES:
+        raise ConfigurationError(
+            f"{source} {redact_url(url)!r} is not a PostgreSQL URL: use {_URL_FORM}"
+        )
+    return _DRIVER_SUFFIX.sub(r"\1://", url)
+
+
+def describe_connect_error(exc: BaseException, url: str) -> str:
+    """One line for a failed connection: what failed (password redacted), what to check."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = redact_text(first, url)
+    if isinstance(exc, psycopg.ProgrammingError):
+        return f"invalid database URL {redact_url(url)!r}: {first}; use {_URL_FORM}"
+    return (
+        f"cannot connect to {redact_url(url)}: {first}; check PGJOBS_DATABASE_URL "
+        "(or DATABASE_URL) and that PostgreSQL is running"
+    )
 
 
 def redact_url(url: str) -> str:
@@ -47,23 +79,31 @@ def url_from_environment() -> str | None:
     for name in _URL_ENV_VARS:
         value = os.environ.get(name, "").strip()
         if value:
-            return normalize_url(value)
+            return normalize_url(value, name)
     return None
 
 
 def resolve_database_url(explicit: str | None = None, *, announce: bool = True) -> str:
     """The URL to use: ``explicit``, the environment, or the embedded server.
 
-    The embedded server (data in ``./.pgjobs/``) is started on first use and reused by
-    later processes; starting it is announced on stderr.
+    The embedded server (data in ``./.pgjobs/``, the ``pgjobs[embedded]`` extra) is
+    started on first use and reused by later processes; using it is announced on stderr
+    and, where logging is configured (``pgjobs work``), logged as a WARNING. Without the
+    extra, :class:`ConfigurationError` says which variable to set or what to install.
     """
     if explicit:
         return normalize_url(explicit)
     from_env = url_from_environment()
     if from_env:
         return from_env
-    from .embedded import EmbeddedServerError, embedded_database_url
+    from .embedded import EmbeddedServerError, embedded_available, embedded_database_url
 
+    if not embedded_available():
+        raise ConfigurationError(
+            "no database configured: set PGJOBS_DATABASE_URL (or DATABASE_URL) to a "
+            f"PostgreSQL URL, or `pip install '{EMBEDDED_EXTRA}'` for a private development "
+            "PostgreSQL in ./.pgjobs"
+        )
     data_dir = Path.cwd() / EMBEDDED_DIR_NAME
     try:
         url = embedded_database_url(data_dir)
@@ -72,9 +112,15 @@ def resolve_database_url(explicit: str | None = None, *, announce: bool = True) 
     if announce:
         print(
             f"pgjobs: no PGJOBS_DATABASE_URL or DATABASE_URL set; using the embedded "
-            f"PostgreSQL in {data_dir}",
+            f"PostgreSQL in {data_dir} (stop it with `pgjobs server stop`)",
             file=sys.stderr,
         )
+    if logging.getLogger("pgjobs").hasHandlers():
+        # Only where the program configured logging (pgjobs work does): an operator
+        # reading a worker's log must see that it serves a throwaway database.
+        _logger.warning(
+            "serving a private development database (the embedded PostgreSQL in %s), not "
+            "for production: set PGJOBS_DATABASE_URL", data_dir)
     return url
 
 

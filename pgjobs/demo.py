@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
-from . import admin, migrate
+from . import admin, migrate, tables
 from .app import App
 from .context import current_job
 from .errors import PermanentError, QueueFull
@@ -32,14 +34,15 @@ def build_app(database_url: str | None, schema: str | None) -> App:
     """The demo's App and its three tasks: a steady one, a flaky one, a broken one."""
     app = App(database_url, schema=schema)
 
+    # Handler times are chosen so the live view shows ~5 s of progress on 4 executors.
     @app.task(name="demo.resize_image", queue=QUEUE)
     def resize_image(image_id: int) -> None:
-        time.sleep(random.uniform(0.005, 0.04))
+        time.sleep(random.uniform(0.04, 0.12))
 
     @app.task(name="demo.send_webhook", queue=QUEUE, max_attempts=3,
               backoff=lambda attempt: 0.2 * attempt)
     def send_webhook(event_id: int) -> None:
-        time.sleep(random.uniform(0.005, 0.02))
+        time.sleep(random.uniform(0.02, 0.06))
         # Fails now and then, like a remote endpoint would; retries usually succeed.
         if current_job().attempt == 1 and random.random() < 0.4:
             raise ConnectionError(f"endpoint timed out for event {event_id}")
@@ -105,24 +108,37 @@ def run_demo(database_url: str | None = None, schema: str | None = None) -> None
             if not thread.is_alive():
                 break
             time.sleep(0.1)
+    elapsed = time.monotonic() - started
     worker.stop()
     thread.join(timeout=30)
+    console.print(f"   worked {worker.stats.succeeded} jobs in {elapsed:.1f}s "
+                  f"({worker.stats.retried} retries)")
 
-    console.print("4. results: `pgjobs stats` and `pgjobs dead-letters list`")
-    from .cli.main import _print_stats_table
-
+    cli = cli_command()
+    console.print(f"4. results: `{cli} stats` and `{cli} dead-letters list`")
     with psycopg.connect(app.database_url, autocommit=True) as conn:
-        _print_stats_table([r for r in admin.queue_stats(conn, app.sql) if r["queue"] == QUEUE])
+        report = [r for r in admin.queue_report(conn, app.sql) if r["queue"] == QUEUE]
         letters = admin.list_dead_letters(conn, app.sql, queue=QUEUE, limit=10)
-    table = Table(title=f"dead letters (first {len(letters)})")
-    for column in ("id", "task", "attempts", "error"):
-        table.add_column(column)
-    for d in letters:
-        table.add_row(str(d["id"]), d["task"], f"{d['attempts']}/{d['max_attempts']}",
-                      (d["error"].splitlines() or [""])[0][:90])
-    console.print(table)
-    console.print(f"Try: pgjobs dead-letters show {letters[0]['id'] if letters else 'ID'}; "
-                  "pgjobs dead-letters requeue --all --task demo.send_webhook; pgjobs stats")
+    tables.print_renderable(tables.queues_table(report), console)
+    tables.print_renderable(tables.dead_letters_table(
+        letters, title=f"dead letters (first {len(letters)})", error_width=90), console)
+    console.print(f"Try: {cli} dead-letters show {letters[0]['id'] if letters else 'ID'}; "
+                  f"{cli} dead-letters requeue --all --task demo.send_webhook; {cli} stats")
+
+
+def cli_command() -> str:
+    """How to run the pgjobs CLI from here: ``pgjobs`` when that is on PATH, else the
+    script's own path (``scripts/demo`` runs ``.venv/bin/pgjobs``, which is not on PATH)."""
+    script = Path(sys.argv[0])
+    on_path = shutil.which("pgjobs")
+    if script.name == "pgjobs" and script.exists():
+        if on_path and Path(on_path).resolve() == script.resolve():
+            return "pgjobs"
+        try:
+            return str(script.resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            return str(script.resolve())
+    return "pgjobs" if on_path else f"{sys.executable} -m pgjobs"
 
 
 def _where(url: str) -> str:
@@ -147,14 +163,11 @@ def _queue_row(conn: psycopg.Connection[Any], app: App) -> dict[str, Any]:
     return {"pending": 0, "scheduled": 0, "running": 0, "dead": 0}
 
 
-def _live_table(row: dict[str, Any], worker: Any, elapsed: float) -> Table:
+def _live_table(row: dict[str, Any], worker: Any, elapsed: float) -> Any:
     stats = worker.stats
-    table = Table(title=f"queue {QUEUE} — {elapsed:4.1f}s")
-    for column in ("pending", "retry wait", "running", "succeeded", "retried", "dead",
-                   "busy executors"):
-        table.add_column(column, justify="right")
     busy = worker.executors.busy() if worker.executors else 0
-    table.add_row(str(row["pending"]), str(row["scheduled"]), str(row["running"]),
-                  str(stats.succeeded), str(stats.retried), str(row["dead"]),
-                  f"{busy}/{worker.concurrency}")
-    return table
+    return tables.progress_table(f"queue {QUEUE} — {elapsed:4.1f}s", {
+        "pending": row["pending"], "retry wait": row["scheduled"], "running": row["running"],
+        "succeeded": stats.succeeded, "retried": stats.retried, "dead": row["dead"],
+        "busy executors": f"{busy}/{worker.concurrency}",
+    })

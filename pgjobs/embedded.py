@@ -43,12 +43,14 @@ import fcntl
 import hashlib
 import logging
 import os
+import platform
 import pwd
 import re
 import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -62,7 +64,14 @@ from urllib.parse import quote
 import psycopg
 from psycopg import errors, sql
 
-__all__ = ["EmbeddedServerError", "embedded_database_url", "stop_embedded_server"]
+__all__ = [
+    "EmbeddedServerError",
+    "EmbeddedServerStatus",
+    "embedded_available",
+    "embedded_database_url",
+    "embedded_server_status",
+    "stop_embedded_server",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -79,9 +88,9 @@ _START_TIMEOUT = 60
 _STOP_TIMEOUT = 30.0
 
 _NOT_FOUND = (
-    "no PostgreSQL found: `pip install pgserver` (CPython 3.11/3.12 on x86-64 Linux) or "
-    "install PostgreSQL server binaries (e.g. `apt-get install postgresql`), "
-    "or set PGJOBS_DATABASE_URL"
+    "no PostgreSQL found: `pip install 'pgjobs[embedded]'` (pgserver: CPython 3.11/3.12 on "
+    "x86-64 Linux and macOS) or install PostgreSQL server binaries (e.g. `apt-get install "
+    "postgresql`), or set PGJOBS_DATABASE_URL"
 )
 
 
@@ -102,7 +111,65 @@ class _Postmaster:
     status: str
 
 
+@dataclass(frozen=True)
+class EmbeddedServerStatus:
+    """What ``pgjobs server status`` reports about one data directory."""
+
+    data_dir: Path
+    #: A PostgreSQL data directory exists (``initdb`` has run).
+    initialized: bool
+    #: Major version of the data directory (``PG_VERSION``), if initialized.
+    version: str | None
+    #: Process id of the running postmaster, None when not running.
+    pid: int | None
+    #: URL of the ``postgres`` database while running.
+    url: str | None
+
+    @property
+    def running(self) -> bool:
+        """The server accepts connections."""
+        return self.pid is not None
+
+
 # --------------------------------------------------------------------------- public API
+
+
+def pgserver_has_wheels() -> bool:
+    """Whether pgserver publishes wheels for this interpreter and platform (the markers of
+    the ``pgjobs[embedded]`` extra in pyproject.toml)."""
+    system, machine = platform.system(), platform.machine().lower()
+    if sys.version_info >= (3, 13):
+        return False
+    return (system == "Linux" and machine in ("x86_64", "amd64")) or system == "Darwin"
+
+
+def embedded_available() -> bool:
+    """Whether pgjobs may fall back to an embedded server when no URL is configured.
+
+    Yes when the ``pgjobs[embedded]`` extra brought pgserver. Where pgserver has no wheels
+    the extra can bring nothing, so the machine's own PostgreSQL binaries serve instead
+    (see the module docstring). A plain ``pip install pgjobs`` on a platform with wheels
+    has neither, so a missing URL is an error there rather than a silent database.
+    """
+    if _load_pgserver() is not None:
+        return True
+    return not pgserver_has_wheels() and _find_postgres_bindir() is not None
+
+
+def embedded_server_status(data_dir: Path | None = None) -> EmbeddedServerStatus:
+    """Report on the embedded server of ``data_dir`` (default ``./.pgjobs``); never starts it."""
+    data_dir = _resolve(data_dir if data_dir is not None else Path.cwd() / DEFAULT_DIRNAME)
+    pgdata = data_dir / _PGDATA
+    version_file = pgdata / "PG_VERSION"
+    version = version_file.read_text().strip() if version_file.is_file() else None
+    info = _running_postmaster(pgdata)
+    return EmbeddedServerStatus(
+        data_dir=data_dir,
+        initialized=version is not None,
+        version=version,
+        pid=info.pid if info is not None else None,
+        url=_url(info, _SUPERUSER) if info is not None else None,
+    )
 
 
 def embedded_database_url(data_dir: Path | None = None, *, database: str = "postgres") -> str:
@@ -134,19 +201,22 @@ def embedded_database_url(data_dir: Path | None = None, *, database: str = "post
     return _url(info, database)
 
 
-def stop_embedded_server(data_dir: Path) -> None:
+def stop_embedded_server(data_dir: Path) -> int | None:
     """Stop the embedded PostgreSQL in ``data_dir`` if it is running; its data is kept.
 
     Uses a fast shutdown (open sessions are disconnected), escalating to an immediate
-    shutdown if the server has not exited within 30 seconds.
+    shutdown if the server has not exited within 30 seconds. Returns the stopped
+    postmaster's pid, or None when nothing was running.
     """
     data_dir = _resolve(data_dir)
     pgdata = data_dir / _PGDATA
     if not pgdata.is_dir():
-        return
+        return None
+    stopped: int | None = None
     with _locked(data_dir):
         info = _read_postmaster(pgdata)
         if info is not None and _is_postmaster(info.pid):
+            stopped = info.pid
             # Signal the postmaster directly (what `pg_ctl stop` does): it needs no binaries
             # and, unlike pg_ctl, works as root whichever OS user runs the server.
             if not _signal_and_wait(info.pid, signal.SIGINT, _STOP_TIMEOUT):
@@ -158,6 +228,7 @@ def stop_embedded_server(data_dir: Path) -> None:
         # The short socket directory is ours only when the fallback made it.
         with contextlib.suppress(OSError):
             _short_socket_dir(data_dir).rmdir()
+    return stopped
 
 
 # --------------------------------------------------------------------------- discovery

@@ -437,11 +437,20 @@ WITH history AS (
 SELECT (SELECT count(*) FROM history), (SELECT count(*) FROM dead), (SELECT count(*) FROM gone)
 """
 
-# Finished in the last complete minute, per queue (for `pgjobs stats`).
+# Finished in the last 60 seconds, per queue (`pgjobs stats` ok/min, fail/min). History
+# is kept per minute, so the window is this minute's count plus the share of the previous
+# minute still inside it: exact for a steady rate, and never 0 while jobs finish.
 RECENT_THROUGHPUT = """
-SELECT queue, sum(succeeded)::bigint, sum(retried + dead)::bigint
-FROM {schema}.job_history
-WHERE minute = date_trunc('minute', now()) - interval '1 minute'
+WITH window_start AS (
+    SELECT date_trunc('minute', now()) AS this_minute,
+           1.0 - extract(epoch FROM now() - date_trunc('minute', now()))::numeric / 60
+               AS previous_share
+)
+SELECT queue,
+       round(sum(succeeded * CASE WHEN minute >= this_minute THEN 1 ELSE previous_share END))::bigint,
+       round(sum((retried + dead) * CASE WHEN minute >= this_minute THEN 1 ELSE previous_share END))::bigint
+FROM {schema}.job_history, window_start
+WHERE minute >= this_minute - interval '1 minute'
 GROUP BY queue
 """
 

@@ -158,7 +158,8 @@ def test_no_postgresql_gives_one_line_error(
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("no PostgreSQL found")
-    for hint in ("pip install pgserver", "apt-get install postgresql", "PGJOBS_DATABASE_URL"):
+    for hint in ("pip install 'pgjobs[embedded]'", "apt-get install postgresql",
+                 "PGJOBS_DATABASE_URL"):
         assert hint in message
 
 

@@ -1,4 +1,4 @@
-"""The `pgjobs` command line."""
+"""The `pgjobs` command line: ``cli`` is the complete Typer tree, ``main`` the script."""
 
 from .main import cli, main
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,8 +13,21 @@ from typing import Any, NoReturn
 import psycopg
 
 from .. import config
-from ..errors import ConfigurationError
+from ..config import describe_connect_error
+from ..errors import ConfigurationError, SchemaMissingError
 from ..sql import Statements, statements
+
+__all__ = [
+    "SETTINGS",
+    "Settings",
+    "UserError",
+    "connect",
+    "describe_connect_error",
+    "fail",
+    "parse_duration",
+    "parse_json_object",
+    "report_error",
+]
 
 
 class UserError(Exception):
@@ -46,30 +60,17 @@ SETTINGS = Settings()
 
 
 @contextmanager
-def connect(*, autocommit: bool = False) -> Iterator[psycopg.Connection[Any]]:
-    """A connection to the configured database, with connection errors made readable."""
-    url = SETTINGS.url()
+def connect(*, autocommit: bool = False,
+            url: str | None = None) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to ``url`` (default: the configured database), with connection errors
+    made readable."""
+    url = url or SETTINGS.url()
     try:
         conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
     except psycopg.Error as exc:
         fail(describe_connect_error(exc, url))
     with conn:
         yield conn
-
-
-def describe_connect_error(exc: BaseException, url: str) -> str:
-    """One line: what failed (password redacted) and what to check."""
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    first = config.redact_text(first, url)
-    if isinstance(exc, psycopg.ProgrammingError):
-        return (
-            f"invalid database URL {config.redact_url(url)!r}: {first}; "
-            "use postgresql://user:password@host:port/dbname"
-        )
-    return (
-        f"cannot connect to {config.redact_url(url)}: {first}; check PGJOBS_DATABASE_URL "
-        "(or DATABASE_URL) and that PostgreSQL is running"
-    )
 
 
 def parse_json_object(text: str, option: str) -> dict[str, Any]:
@@ -85,9 +86,32 @@ def parse_json_object(text: str, option: str) -> dict[str, Any]:
     return value
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str, option: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w`` → seconds; ``option`` names the
+    option in the error."""
+    match = _DURATION.match(text.lower())
+    if not match:
+        fail(f"{option} must be a duration like 90s, 15m, 12h or 7d; got {text!r}")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
 def _first_line(exc: BaseException) -> str:
     return config.redact_text((str(exc).strip().splitlines() or [type(exc).__name__])[0],
-                              SETTINGS.database_url)
+                              _url_for_messages())
+
+
+def _url_for_messages() -> str:
+    """The URL the command used, for error messages (never starts the embedded server)."""
+    if SETTINGS.database_url:
+        return SETTINGS.database_url
+    try:
+        return config.url_from_environment() or ""
+    except ConfigurationError:
+        return ""
 
 
 def _is_connection_error(exc: psycopg.Error) -> bool:
@@ -103,18 +127,45 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+# The pgjobs tables (or schema) are missing: the database was never migrated here.
+_SCHEMA_MISSING = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
+# A table exists but lacks what this version expects: migrated by an older pgjobs.
+_SCHEMA_OUTDATED = (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedFunction)
+
+
+def _schema_name() -> str:
+    try:
+        return SETTINGS.resolved_schema()
+    except ConfigurationError:
+        return config.DEFAULT_SCHEMA
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The psycopg error inside a SQLAlchemy one (Alembic runs through SQLAlchemy)."""
+    orig = getattr(exc, "orig", None)
+    if type(exc).__module__.startswith("sqlalchemy") and isinstance(orig, BaseException):
+        return orig
+    return exc
+
+
 def report_error(exc: BaseException) -> int:
     """Print a user error as one line; return the exit code (2), or re-raise."""
+    original, exc = exc, _unwrap(exc)
+    if isinstance(exc, _SCHEMA_MISSING):
+        exc = SchemaMissingError(_schema_name())
     if isinstance(exc, UserError | ConfigurationError):
         message = str(exc)
+    elif isinstance(exc, _SCHEMA_OUTDATED):
+        message = (f"pgjobs schema {_schema_name()!r} is older than this version of pgjobs "
+                   f"({_first_line(exc)}): run `pgjobs migrate`")
     elif isinstance(exc, psycopg.errors.InsufficientPrivilege):
         message = (f"permission denied: {_first_line(exc)}; run this command as a role with "
                    "the needed grants (see `pgjobs roles grant`)")
     elif isinstance(exc, psycopg.OperationalError) and not _is_connection_error(exc):
         message = f"the database refused the operation: {_first_line(exc)}"
     elif isinstance(exc, psycopg.OperationalError):
-        message = describe_connect_error(exc, SETTINGS.database_url or "")
+        message = describe_connect_error(exc, _url_for_messages())
     else:
-        raise exc
+        raise original
     print(f"pgjobs: error: {message}", file=sys.stderr)
     return 2

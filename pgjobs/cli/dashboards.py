@@ -10,13 +10,11 @@ import sys
 import typer
 
 from .. import dashboards
-from .main import cli
 
 dashboards_cli = typer.Typer(
     help="Print the Grafana dashboard and Prometheus alerting rules for pgjobs' metrics.",
     no_args_is_help=True,
 )
-cli.add_typer(dashboards_cli, name="dashboards")
 
 
 def _emit(text: str) -> None:

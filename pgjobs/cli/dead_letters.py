@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from typing import Annotated, Any
 
 import typer
 
-from .. import admin
-from .common import SETTINGS, connect, fail
-from .main import cli
+from .. import admin, tables
+from .common import SETTINGS, connect, fail, parse_duration
 
 dead_cli = typer.Typer(help="Inspect and act on permanent failures.", no_args_is_help=True)
-cli.add_typer(dead_cli, name="dead-letters")
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w`` → seconds."""
-    match = _DURATION.match(text.lower())
-    if not match:
-        fail(f"--older-than must be a duration like 90s, 15m, 12h or 7d; got {text!r}")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
@@ -37,7 +23,7 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="A JSON array, for machines.")] = False,
     queue: Annotated[str | None, typer.Option(help="Only this queue.", show_default=False)] = None,
     task: Annotated[str | None, typer.Option(help="Only this task.", show_default=False)] = None,
-    limit: Annotated[int, typer.Option(help="At most this many rows.")] = 100,
+    limit: Annotated[int, typer.Option(help="At most this many rows.", min=1)] = 100,
 ) -> None:
     """List dead letters, oldest first."""
     with connect(autocommit=True) as conn:
@@ -46,20 +32,7 @@ def list_(
     if as_json:
         print(json.dumps([_jsonable(r) for r in rows]))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="pgjobs dead letters")
-    for column in ("id", "job", "queue", "task", "attempts", "failed at", "error"):
-        table.add_column(column, overflow="fold")
-    for r in rows:
-        first_line = (r["error"].splitlines() or [""])[0]
-        table.add_row(str(r["id"]), str(r["job_id"]), r["queue"], r["task"],
-                      f"{r['attempts']}/{r['max_attempts']}",
-                      r["failed_at"].strftime("%Y-%m-%d %H:%M:%S"), first_line[:120])
-    if not rows:
-        table.caption = "no dead letters"
-    Console().print(table)
+    tables.print_renderable(tables.dead_letters_table(rows))
 
 
 @dead_cli.command()
@@ -121,7 +94,7 @@ def purge(
     task: Annotated[str | None, typer.Option(help="Only this task.", show_default=False)] = None,
 ) -> None:
     """Delete dead letters for good (asks for --yes)."""
-    seconds = parse_duration(older_than) if older_than else None
+    seconds = parse_duration(older_than, "--older-than") if older_than else None
     with connect() as conn:
         if not yes:
             n = admin.count_dead_letters(conn, SETTINGS.sql(), older_than=seconds, queue=queue,

@@ -10,14 +10,12 @@ import typer
 from .. import roles as pgroles
 from ..errors import ConfigurationError
 from .common import SETTINGS, connect, fail
-from .main import cli
 
 roles_cli = typer.Typer(
     help="Least-privilege roles: an app role that enqueues, a worker role that processes, "
          "an operator role that inspects and requeues.",
     no_args_is_help=True,
 )
-cli.add_typer(roles_cli, name="roles")
 
 _MEMBER_HELP = "Existing login role to make a member of the {} role (repeatable)."
 

@@ -21,8 +21,7 @@ from ..worker.runtime import (
     INTERNAL_CONNECTIONS,
     POOL_HEADROOM,
 )
-from .common import SETTINGS, fail
-from .main import cli
+from .common import SETTINGS, fail, parse_duration
 
 
 def load_app(spec: str) -> App:
@@ -110,7 +109,6 @@ def parse_queues(queues: str | None, exact: list[str] | None = None) -> list[str
     return names
 
 
-@cli.command()
 def work(
     app: Annotated[str, typer.Argument(help="The App to serve, as module:attribute.")],
     concurrency: Annotated[int, typer.Option(
@@ -150,10 +148,9 @@ def work(
 ) -> None:
     """Run a fixed pool of workers for APP until SIGTERM/SIGINT, then drain cleanly."""
     startup = StartupSignals()  # first: loading the App below may take a while
-    from .dead_letters import parse_duration
-
     configure_logging(log_level)
-    retention = parse_duration(history_retention), parse_duration(dead_letter_retention)
+    retention = (parse_duration(history_retention, "--history-retention"),
+                 parse_duration(dead_letter_retention, "--dead-letter-retention"))
     the_app = load_app(app)
     if metrics_port is not None:
         from ..prometheus import serve_metrics
@@ -172,11 +169,3 @@ def work(
     )
     startup.attach(worker)
     worker.run()
-
-
-@cli.command()
-def demo() -> None:
-    """A self-contained tour on the embedded server: enqueue, QueueFull, work, dead letters."""
-    from ..demo import run_demo
-
-    run_demo(SETTINGS.database_url, SETTINGS.schema)

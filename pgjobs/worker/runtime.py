@@ -169,7 +169,7 @@ class Worker:
                 row = conn.execute(self.app.sql.SCHEMA_EXISTS,
                                    {"jobs_table": self.app.sql.jobs_table}).fetchone()
         except psycopg.OperationalError as exc:
-            from ..cli.common import describe_connect_error
+            from ..config import describe_connect_error
 
             raise ConfigurationError(describe_connect_error(exc, url)) from exc
         if not row or not row[0]:
