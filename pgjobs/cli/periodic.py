@@ -1,0 +1,76 @@
+"""`pgjobs periodic …`: the registered cron schedules, and running one now.
+
+Reads ``<schema>.cron_schedules`` (written by workers when they start): no App import.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Annotated, Any
+
+import typer
+
+from .. import periodic_store
+from ..errors import QueueFull
+from .common import SETTINGS, connect, fail
+
+periodic_cli = typer.Typer(
+    help="Cron schedules of periodic jobs (registered by workers when they start).",
+    no_args_is_help=True,
+)
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, dt.datetime) else value
+
+
+@periodic_cli.command("list")
+def list_(
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON array, for machines.")] = False,
+) -> None:
+    """List schedules: cron, time zone, active, last tick, next tick (database clock)."""
+    with connect(autocommit=True) as conn:
+        rows = periodic_store.list_schedules(conn, SETTINGS.sql())
+    if as_json:
+        # name, cron, timezone, active, last_tick, next_tick first (the contract), then more.
+        print(json.dumps([{k: _iso(v) for k, v in row.items()} for row in rows]))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="pgjobs periodic schedules")
+    for column in ("name", "cron", "timezone", "active", "last tick", "outcome", "next tick",
+                   "task", "queue"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["name"], r["cron"], r["timezone"], "yes" if r["active"] else "[dim]no[/]",
+            _when(r["last_tick"]), r["last_outcome"] or "-", _when(r["next_tick"]),
+            r["task"], r["queue"],
+        )
+    if not rows:
+        table.caption = ("no schedules registered: define them with @app.periodic and start "
+                         "`pgjobs work`")
+    Console().print(table)
+
+
+def _when(value: dt.datetime | None) -> str:
+    return "-" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@periodic_cli.command("run")
+def run(
+    name: Annotated[str, typer.Argument(help="Schedule name (see `pgjobs periodic list`).")],
+) -> None:
+    """Enqueue one job of a schedule now, outside its tick series; prints the job id."""
+    from ..app import App
+
+    app = App(SETTINGS.url(), schema=SETTINGS.resolved_schema())
+    with connect() as conn:
+        try:
+            job_id = periodic_store.run_now(conn, app, name)
+        except QueueFull as exc:
+            fail(str(exc))
+        conn.commit()
+    print(job_id)
