@@ -12,7 +12,19 @@ from typing import Annotated
 
 import typer
 
-from . import dashboards, dead_letters, demo, enqueue, migrate, queues, roles, server, stats, work
+from . import (
+    dashboards,
+    dead_letters,
+    demo,
+    enqueue,
+    migrate,
+    periodic,
+    queues,
+    roles,
+    server,
+    stats,
+    work,
+)
 from .common import SETTINGS, UserError, report_error
 
 cli = typer.Typer(
@@ -55,6 +67,7 @@ cli.add_typer(dead_letters.dead_cli, name="dead-letters")
 cli.add_typer(roles.roles_cli, name="roles")
 cli.add_typer(dashboards.dashboards_cli, name="dashboards")
 cli.add_typer(server.server_cli, name="server")
+cli.add_typer(periodic.periodic_cli, name="periodic")
 cli.command()(demo.demo)
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .. import periodic_store
+from .. import periodic_store, tables
 from ..errors import QueueFull
 from .common import SETTINGS, connect, fail
 
@@ -36,13 +36,12 @@ def list_(
         # name, cron, timezone, active, last_tick, next_tick first (the contract), then more.
         print(json.dumps([{k: _iso(v) for k, v in row.items()} for row in rows]))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="pgjobs periodic schedules")
     for column in ("name", "cron", "timezone", "active", "last tick", "outcome", "next tick",
                    "task", "queue"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", min_width=len(column))
     for r in rows:
         table.add_row(
             r["name"], r["cron"], r["timezone"], "yes" if r["active"] else "[dim]no[/]",
@@ -52,7 +51,7 @@ def list_(
     if not rows:
         table.caption = ("no schedules registered: define them with @app.periodic and start "
                          "`pgjobs work`")
-    Console().print(table)
+    tables.print_renderable(table)  # as wide as needed when piped
 
 
 def _when(value: dt.datetime | None) -> str:
