@@ -13,12 +13,12 @@ from typing import Annotated
 import typer
 
 from . import (
+    dashboard,
     dashboards,
     dead_letters,
     demo,
     enqueue,
     migrate,
-    periodic,
     queues,
     roles,
     server,
@@ -66,8 +66,8 @@ cli.add_typer(queues.queues_cli, name="queues")
 cli.add_typer(dead_letters.dead_cli, name="dead-letters")
 cli.add_typer(roles.roles_cli, name="roles")
 cli.add_typer(dashboards.dashboards_cli, name="dashboards")
+cli.command()(dashboard.dashboard)
 cli.add_typer(server.server_cli, name="server")
-cli.add_typer(periodic.periodic_cli, name="periodic")
 cli.command()(demo.demo)
 
 
