@@ -19,6 +19,7 @@ from . import (
     demo,
     enqueue,
     migrate,
+    periodic,
     queues,
     roles,
     server,
@@ -68,6 +69,7 @@ cli.add_typer(roles.roles_cli, name="roles")
 cli.add_typer(dashboards.dashboards_cli, name="dashboards")
 cli.command()(dashboard.dashboard)
 cli.add_typer(server.server_cli, name="server")
+cli.add_typer(periodic.periodic_cli, name="periodic")
 cli.command()(demo.demo)
 
 
