@@ -104,10 +104,10 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
 
 
 def run_on_ids(conn: psycopg.Connection[Any], sql: Statements, action: Action,
-               ids: Sequence[Any], *, batch_size: int = BATCH_SIZE) -> Outcome:
+               ids: Sequence[Any], *, batch_size: int | None = None) -> Outcome:
     """Apply ``action`` to the given rows, ``batch_size`` per transaction."""
     outcome = Outcome()
-    for chunk in _chunks(list(dict.fromkeys(ids)), batch_size):
+    for chunk in _chunks(list(dict.fromkeys(ids)), batch_size or BATCH_SIZE):
         with conn.transaction():
             outcome.changed += action.apply(conn, sql, chunk)
         outcome.batches += 1
@@ -115,8 +115,8 @@ def run_on_ids(conn: psycopg.Connection[Any], sql: Statements, action: Action,
 
 
 def run_on_matching(conn: psycopg.Connection[Any], sql: Statements, action: Action,
-                    filters: Mapping[str, Any], *, batch_size: int = BATCH_SIZE,
-                    time_budget: float = TIME_BUDGET_SECONDS) -> Outcome:
+                    filters: Mapping[str, Any], *, batch_size: int | None = None,
+                    time_budget: float | None = None) -> Outcome:
     """Apply ``action`` to every row matching ``filters``, batch by batch (keyset on id).
 
     Stops after ``time_budget`` seconds with ``complete=False``: the rest is left for
@@ -126,6 +126,9 @@ def run_on_matching(conn: psycopg.Connection[Any], sql: Statements, action: Acti
     if target.matching_statement is None:
         raise ValueError(f"{action.target} has no 'all matching' selection")
     statement = getattr(sql, target.matching_statement)
+    # Module settings are read per call, so tests (and embedders) can change them.
+    batch_size = batch_size or BATCH_SIZE
+    time_budget = TIME_BUDGET_SECONDS if time_budget is None else time_budget
     outcome = Outcome()
     after = target.first_after
     deadline = time.monotonic() + time_budget

@@ -96,8 +96,9 @@ class QueueRow:
 
 
 def queues_overview(conn: psycopg.Connection[Any], sql: Statements,
-                    cap: int = COUNT_CAP) -> dict[str, Any]:
+                    cap: int | None = None) -> dict[str, Any]:
     """The queues page: one :class:`QueueRow` per known queue, with a last-hour chart."""
+    cap = COUNT_CAP if cap is None else cap
     now_row = conn.execute(sql.DASHBOARD_NOW).fetchone()
     assert now_row is not None
     now: dt.datetime = now_row[0]
@@ -195,7 +196,12 @@ class Page:
 
 def _page(conn: psycopg.Connection[Any], sql: Statements, *, rows_statement: str,
           window_statement: str, count_statement: str, filters: Filters,
-          before: int | None, limit: int, window: int, cap: int) -> Page:
+          before: int | None, limit: int | None, window: int | None,
+          cap: int | None) -> Page:
+    # Module settings are read per call, so tests (and embedders) can change them.
+    limit = PAGE_SIZE if limit is None else limit
+    window = SCAN_WINDOW if window is None else window
+    cap = COUNT_CAP if cap is None else cap
     params = {**filters.params(), "before": before, "window": window, "limit": limit + 1}
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(getattr(sql, rows_statement), params).fetchall()
@@ -215,7 +221,7 @@ def _page(conn: psycopg.Connection[Any], sql: Statements, *, rows_statement: str
 
 
 def count_matching(conn: psycopg.Connection[Any], sql: Statements, statement: str,
-                   filters: Filters, cap: int = COUNT_CAP) -> Bounded:
+                   filters: Filters, cap: int) -> Bounded:
     """Rows matching ``filters``, counted up to ``cap`` and for at most a moment."""
     try:
         with conn.transaction():
@@ -228,8 +234,8 @@ def count_matching(conn: psycopg.Connection[Any], sql: Statements, statement: st
 
 
 def jobs_page(conn: psycopg.Connection[Any], sql: Statements, filters: Filters,
-              before: int | None = None, *, limit: int = PAGE_SIZE,
-              window: int = SCAN_WINDOW, cap: int = COUNT_CAP) -> Page:
+              before: int | None = None, *, limit: int | None = None,
+              window: int | None = None, cap: int | None = None) -> Page:
     """Live jobs, newest first, ``limit`` per page after the ``before`` cursor."""
     page = _page(conn, sql, rows_statement="DASHBOARD_JOBS_OLDER",
                  window_statement="DASHBOARD_JOBS_WINDOW_END",
@@ -241,8 +247,8 @@ def jobs_page(conn: psycopg.Connection[Any], sql: Statements, filters: Filters,
 
 
 def dead_letters_page(conn: psycopg.Connection[Any], sql: Statements, filters: Filters,
-                      before: int | None = None, *, limit: int = PAGE_SIZE,
-                      window: int = SCAN_WINDOW, cap: int = COUNT_CAP) -> Page:
+                      before: int | None = None, *, limit: int | None = None,
+                      window: int | None = None, cap: int | None = None) -> Page:
     """Dead letters, newest first (filters: queue, task, search in error and args)."""
     return _page(conn, sql, rows_statement="DASHBOARD_DEAD_LETTERS_OLDER",
                  window_statement="DASHBOARD_DEAD_LETTERS_WINDOW_END",
