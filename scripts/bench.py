@@ -42,10 +42,19 @@ enqueue
       the cost of backpressure. Every single-row variant starts from the same table
       state: ``--pending`` (10,000) jobs already pending in the queue, so the only
       difference between the pgjobs variants is the limit check.
+  ``enqueue.single.async``: jobs/s. ``await task.aenqueue(aconn, ...)`` + ``await
+      aconn.commit()`` on a psycopg ``AsyncConnection`` (one event loop, one coroutine),
+      same pending limit and table state as ``limit``; ``enqueue.single.async_vs_sync``
+      is its ratio to ``limit`` (target >= 0.90). ``single.diag.async_tx_insert`` is the
+      ``tx_insert`` diagnostic on that AsyncConnection: ``..._vs_tx_insert`` is what
+      psycopg's asyncio I/O costs by itself, ``diag.async_vs_async_tx_insert`` pgjobs'
+      share of the async path (compare with ``diag.limit_vs_tx_insert``).
   ``enqueue.bulk.{nolimit,limit}.{best,median}``: jobs/s of ``app.enqueue_many(conn,
       [task.job(...) ...])`` + commit of ``--bulk-n`` (50,000) jobs, building the job
       specs included (target >= 150,000/s); ``..._excl_specs`` times only enqueue_many +
       commit. ``enqueue.bulk.limit_vs_nolimit`` compares the medians.
+      ``enqueue.bulk.async.*``: the same with ``await app.aenqueue_many(aconn, ...)`` on
+      the limited queue; ``enqueue.bulk.async_vs_sync`` compares its median with ``limit``.
   ``enqueue.*.diag.*``: diagnostics without targets, to tell where a gap comes from.
       ``single.diag.tx_insert`` is the baseline INSERT in an explicit psycopg
       transaction + ``commit()`` (BEGIN and COMMIT are round trips of their own: the
@@ -91,6 +100,7 @@ to compare (see ``--help`` for every flag).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import math
@@ -476,6 +486,32 @@ def _single_task(app: pgjobs.App) -> pgjobs.Task[Any, Any]:
     return app.task(name="bench.enqueue.noop", queue=QUEUE)(noop)
 
 
+async def _async_single(aconn: psycopg.AsyncConnection[Any], task: pgjobs.Task[Any, Any],
+                        n: int, offset: int) -> float:
+    """Seconds for ``n`` x (aenqueue + commit), timed inside the event loop."""
+    t0 = perf()
+    for i in range(offset, offset + n):
+        await task.aenqueue(aconn, i=i)
+        await aconn.commit()
+    return perf() - t0
+
+
+async def _async_insert(aconn: psycopg.AsyncConnection[Any], insert: str,
+                        names: tuple[str, str], n: int, offset: int) -> float:
+    """The bare INSERT + commit on the AsyncConnection: psycopg's own async cost."""
+    t0 = perf()
+    for i in range(offset, offset + n):
+        await aconn.execute(insert, (*names, f'{{"i":{i}}}'))  # type: ignore[arg-type]
+        await aconn.commit()
+    return perf() - t0
+
+
+async def _async_bulk(aconn: psycopg.AsyncConnection[Any], app: pgjobs.App,
+                      specs: list[pgjobs.JobSpec]) -> None:
+    await app.aenqueue_many(aconn, specs)
+    await aconn.commit()
+
+
 def _ratios(a: list[float], b: list[float]) -> list[float]:
     return [round(x / y, 3) for x, y in zip(a, b, strict=True)]
 
@@ -493,25 +529,35 @@ def bench_enqueue(cfg: argparse.Namespace, report: Report) -> None:
         # tx_insert is a diagnostic: the bare INSERT again, but in an explicit psycopg
         # transaction + commit() (the shape of every pgjobs enqueue), so the report can
         # tell the cost of the transaction protocol from the cost of pgjobs.
-        variants = ("baseline", "tx_insert", "nolimit", "limit")
+        variants = ("baseline", "tx_insert", "nolimit", "limit", "async", "async_tx_insert")
         schemas = {v: stack.enter_context(fresh_schema(url, f"enq_{v}")) for v in variants}
         apps = {v: pgjobs.App(url, schema=schemas[v]) for v in variants}
         tasks = {v: _single_task(apps[v]) for v in variants}
         with psycopg.connect(url) as conn:
             apps["limit"].set_queue_limit(conn, QUEUE, cfg.limit)
+            apps["async"].set_queue_limit(conn, QUEUE, cfg.limit)
             conn.commit()
         # One connection per variant for the whole benchmark: prepared statements and
         # caches stay warm for every round alike.
         base_conn = stack.enter_context(psycopg.connect(url, autocommit=True))
-        tx_conns = {v: stack.enter_context(psycopg.connect(url)) for v in variants[1:]}
+        tx_conns = {v: stack.enter_context(psycopg.connect(url))
+                    for v in variants[1:] if not v.startswith("async")}
+        # The async variant: one event loop and one AsyncConnection for the whole run.
+        loop = asyncio.new_event_loop()
+        stack.callback(loop.close)
+        aconn = loop.run_until_complete(psycopg.AsyncConnection.connect(url))
+        stack.callback(lambda: loop.run_until_complete(aconn.close()))
         inserts = {
             v: sql.SQL("INSERT INTO {} (queue, task, args) VALUES (%s, %s, %s::jsonb)")
             .format(jobs_table(schemas[v])).as_string(base_conn)
-            for v in ("baseline", "tx_insert")
+            for v in ("baseline", "tx_insert", "async_tx_insert")
         }
         task_name = tasks["baseline"].name
 
         def run_single(variant: str, n: int, offset: int = 0) -> float:
+            if variant == "async_tx_insert":
+                return loop.run_until_complete(_async_insert(
+                    aconn, inserts[variant], (QUEUE, task_name), n, offset))
             if variant in inserts:
                 conn = base_conn if variant == "baseline" else tx_conns[variant]
                 cur, insert = conn.cursor(), inserts[variant]
@@ -522,6 +568,8 @@ def bench_enqueue(cfg: argparse.Namespace, report: Report) -> None:
                     if commit is not None:
                         commit()
                 return perf() - t0
+            if variant == "async":
+                return loop.run_until_complete(_async_single(aconn, tasks[variant], n, offset))
             conn, task = tx_conns[variant], tasks[variant]
             t0 = perf()
             for i in range(offset, offset + n):
@@ -564,6 +612,20 @@ def bench_enqueue(cfg: argparse.Namespace, report: Report) -> None:
                    target_min=0.90, per_round=_ratios(rates["limit"], rates["baseline"]))
         report.add("enqueue.single.limit_vs_nolimit", med["limit"] / med["nolimit"], "ratio",
                    target_min=0.80, per_round=_ratios(rates["limit"], rates["nolimit"]))
+        report.add("enqueue.single.async", med["async"], "jobs/s",
+                   per_round=_rounded(rates["async"]), queue_limit=cfg.limit, **common)
+        report.add("enqueue.single.async_vs_sync", med["async"] / med["limit"], "ratio",
+                   target_min=0.90, per_round=_ratios(rates["async"], rates["limit"]))
+        report.add("enqueue.single.diag.async_tx_insert", med["async_tx_insert"], "tx/s",
+                   per_round=_rounded(rates["async_tx_insert"]),
+                   what="bare INSERT in a psycopg AsyncConnection transaction + commit()",
+                   **common)
+        report.add("enqueue.single.diag.async_tx_insert_vs_tx_insert",
+                   med["async_tx_insert"] / med["tx_insert"], "ratio",
+                   per_round=_ratios(rates["async_tx_insert"], rates["tx_insert"]))
+        report.add("enqueue.single.diag.async_vs_async_tx_insert",
+                   med["async"] / med["async_tx_insert"], "ratio",
+                   per_round=_ratios(rates["async"], rates["async_tx_insert"]))
         report.add("enqueue.single.diag.tx_insert", med["tx_insert"], "tx/s",
                    per_round=_rounded(rates["tx_insert"]),
                    what="bare INSERT in a psycopg transaction + commit()", **common)
@@ -576,7 +638,7 @@ def bench_enqueue(cfg: argparse.Namespace, report: Report) -> None:
         # --- bulk
         print(f"  bulk: {cfg.bulk_reps} x enqueue_many of {cfg.bulk_n:,} jobs per variant, "
               "alternating, plus the server-side INSERT ... SELECT ceiling", flush=True)
-        bulk: dict[str, list[tuple[float, float]]] = {"nolimit": [], "limit": []}
+        bulk: dict[str, list[tuple[float, float]]] = {"nolimit": [], "limit": [], "async": []}
         server_rates: list[float] = []
         bare_rates: list[float] = []
         bare = sql.Identifier(schemas["baseline"], "jobs_without_indexes")
@@ -593,8 +655,8 @@ def bench_enqueue(cfg: argparse.Namespace, report: Report) -> None:
         ceiling = insert_select(jobs_table(schemas["baseline"]))
         ceiling_bare = insert_select(bare)
         for rep in range(cfg.bulk_reps):
-            order = ("nolimit", "limit", "server") if rep % 2 == 0 else (
-                "server", "limit", "nolimit")
+            order = ("nolimit", "limit", "async", "server") if rep % 2 == 0 else (
+                "server", "async", "limit", "nolimit")
             for v in order:
                 if v == "server":
                     # Same rows, no client at all: what the server alone can insert here.
@@ -614,24 +676,27 @@ def bench_enqueue(cfg: argparse.Namespace, report: Report) -> None:
                         bare_rates.append(cfg.bulk_n / (perf() - t0))
                     continue
                 reset(v)
-                conn, task, app = tx_conns[v], tasks[v], apps[v]
+                task, app = tasks[v], apps[v]
                 t0 = perf()
                 specs = [task.job(i=i) for i in range(cfg.bulk_n)]
                 t1 = perf()
-                app.enqueue_many(conn, specs)
-                conn.commit()
+                if v == "async":
+                    loop.run_until_complete(_async_bulk(aconn, app, specs))
+                else:
+                    app.enqueue_many(tx_conns[v], specs)
+                    tx_conns[v].commit()
                 t2 = perf()
                 del specs
                 bulk[v].append((cfg.bulk_n / (t2 - t0), cfg.bulk_n / (t2 - t1)))
                 print(f"  bulk {v}: {bulk[v][-1][0]:,.0f}/s "
                       f"({bulk[v][-1][1]:,.0f}/s excluding spec building)", flush=True)
             print(f"  bulk server-side INSERT ... SELECT: {server_rates[-1]:,.0f}/s", flush=True)
-        for v in ("nolimit", "limit"):
+        for v in ("nolimit", "limit", "async"):
             incl = [b[0] for b in bulk[v]]
             excl = [b[1] for b in bulk[v]]
             p: dict[str, Any] = {"n": cfg.bulk_n, "reps": cfg.bulk_reps,
                                  "pending_at_start": cfg.pending}
-            if v == "limit":
+            if v in ("limit", "async"):
                 p["queue_limit"] = cfg.limit
             report.add(f"enqueue.bulk.{v}.best", max(incl), "jobs/s", target_min=150_000,
                        per_rep=_rounded(incl), **p)
@@ -644,6 +709,9 @@ def bench_enqueue(cfg: argparse.Namespace, report: Report) -> None:
         nolimit_median = statistics.median(b[0] for b in bulk["nolimit"])
         report.add("enqueue.bulk.limit_vs_nolimit",
                    statistics.median(b[0] for b in bulk["limit"]) / nolimit_median, "ratio")
+        report.add("enqueue.bulk.async_vs_sync",
+                   statistics.median(b[0] for b in bulk["async"])
+                   / statistics.median(b[0] for b in bulk["limit"]), "ratio")
         server_median = statistics.median(server_rates)
         report.add("enqueue.bulk.diag.server_insert_select", server_median, "jobs/s",
                    per_rep=_rounded(server_rates), n=cfg.bulk_n,
