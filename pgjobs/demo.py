@@ -95,7 +95,15 @@ def run_demo(database_url: str | None = None, schema: str | None = None) -> None
     console.print("3. work: `pgjobs work` with 4 executors (live view)")
     worker = app.worker(concurrency=4, queues=[QUEUE], install_signal_handlers=False,
                         poll_interval=0.2)
-    thread = threading.Thread(target=worker.run, name="demo-worker", daemon=True)
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:  # re-raised below, on the main thread
+            failures.append(exc)
+
+    thread = threading.Thread(target=work, name="demo-worker", daemon=True)
     thread.start()
     started = time.monotonic()
     with psycopg.connect(app.database_url, autocommit=True) as conn, \
@@ -111,6 +119,10 @@ def run_demo(database_url: str | None = None, schema: str | None = None) -> None
     elapsed = time.monotonic() - started
     worker.stop()
     thread.join(timeout=30)
+    if failures:
+        raise failures[0]
+    if not console.is_terminal:
+        console.line()  # a live view printed into a pipe ends without a newline
     console.print(f"   worked {worker.stats.succeeded} jobs in {elapsed:.1f}s "
                   f"({worker.stats.retried} retries)")
 

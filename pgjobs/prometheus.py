@@ -27,7 +27,7 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> Any:
     except ImportError as exc:
         raise ConfigurationError(
             f"--metrics-port needs the Prometheus exporter ({exc.name} is missing): "
-            "pip install opentelemetry-exporter-prometheus prometheus-client"
+            "pip install 'pgjobs[metrics]'"
         ) from exc
     try:
         start_http_server(port, addr=host)

@@ -1,4 +1,5 @@
-# Sourced by scripts/test and scripts/demo: make ./.venv with pgjobs installed (editable).
+# Sourced by scripts/test and scripts/demo: make ./.venv with pgjobs installed (editable,
+# with the dev extra: pgjobs[embedded] for the no-URL default, pgjobs[metrics], test tools).
 # Re-installs only when pyproject.toml changed since the last install.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -192,5 +193,60 @@ def test_cli_invocations_share_the_embedded_default(tmp_path):
         assert stats.returncode == 0, stats.stderr
         queues = {q["queue"]: q for q in json.loads(stats.stdout)["queues"]}
         assert queues["shared"]["pending"] == 1  # same server, same data
+    finally:
+        embedded.stop_embedded_server(tmp_path / ".pgjobs")
+
+
+@pytest.mark.embedded
+def test_server_status_stop_and_the_workers_warning(tmp_path: Path) -> None:
+    """`pgjobs server status|stop` for ./.pgjobs; `pgjobs work` on it logs a WARNING."""
+    if not embedded.embedded_available():
+        pytest.skip("no embedded PostgreSQL here (pgjobs[embedded] not installed)")
+    installed = Path(sys.executable).parent / "pgjobs"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PGJOBS_DATABASE_URL", "DATABASE_URL", "PGJOBS_SCHEMA")}
+    env["PYTHONPATH"] = str(REPO)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(installed), *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=180,
+                              stdin=subprocess.DEVNULL)
+
+    before = cli("server", "status")
+    assert before.returncode == 3 and "not running" in before.stdout, before
+    try:
+        migrated = cli("migrate")
+        assert migrated.returncode == 0, migrated.stderr
+        assert "pgjobs server stop" in migrated.stderr  # the announcement says how to stop it
+        running = cli("server", "status")
+        assert running.returncode == 0 and running.stdout.startswith("running:"), running
+        pid = _postmaster_pid(tmp_path / ".pgjobs")
+        assert pid is not None and f"pid {pid}" in running.stdout
+
+        worker = subprocess.Popen(
+            [str(installed), "work", "tests.apps.sample:app", "--concurrency", "1"],
+            cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True)
+        assert worker.stderr is not None
+        seen: list[str] = []
+        deadline = time.monotonic() + 60
+        for line in worker.stderr:  # ends when the worker exits
+            seen.append(line)
+            if "private development database" in line or time.monotonic() > deadline:
+                break
+        worker.send_signal(signal.SIGTERM)
+        rest = worker.communicate(timeout=60)[1]
+        log = "".join(seen) + rest
+        warnings = [line for line in log.splitlines() if "private development database" in line]
+        assert warnings and "WARNING" in warnings[0], log
+        assert worker.returncode == 0, log
+
+        stopped = cli("server", "stop")
+        assert stopped.returncode == 0 and f"pid {pid}" in stopped.stdout, stopped
+        assert not embedded._is_postmaster(pid)
+        after = cli("server", "status")
+        assert after.returncode == 3 and "not running" in after.stdout, after
+        again = cli("server", "stop")
+        assert again.returncode == 0 and "not running" in again.stdout
     finally:
         embedded.stop_embedded_server(tmp_path / ".pgjobs")
