@@ -1,6 +1,6 @@
 """Least-privilege database roles for pgjobs: who may enqueue, process and operate.
 
-Three group roles (``NOLOGIN``), granted on one pgjobs schema:
+Four group roles (``NOLOGIN``), granted on one pgjobs schema:
 
 ``app`` (default ``pgjobs_app``)
     What ``Task.enqueue`` / ``App.enqueue_many`` / ``pgjobs enqueue`` need, nothing more:
@@ -24,8 +24,13 @@ Three group roles (``NOLOGIN``), granted on one pgjobs schema:
     What ``pgjobs stats`` and ``pgjobs dead-letters …`` / ``pgjobs queues limit`` need:
     ``SELECT`` on every pgjobs table and view, requeue (``DELETE`` dead letters and
     ``INSERT`` fresh jobs), purge, and setting queue limits. It cannot claim, complete or
-    delete jobs, and (like the other two) cannot ``TRUNCATE``, ``DROP`` or ``ALTER``
+    delete jobs, and (like the others) cannot ``TRUNCATE``, ``DROP`` or ``ALTER``
     anything, nor create objects in the schema.
+
+``viewer`` (default ``pgjobs_viewer``)
+    What ``pgjobs dashboard --read-only`` and ``pgjobs stats`` need: ``SELECT`` on every
+    pgjobs table and view (arguments and errors included, which the dashboard shows), and
+    nothing else: it cannot enqueue, requeue, purge or change anything.
 
 Handlers' own tables are the application's business: grant the worker's login users
 what the handlers touch.
@@ -51,11 +56,12 @@ from .errors import ConfigurationError, SchemaMissingError
 from .migrate import VERSION_TABLE, current_revision, head_revision
 
 #: The pgjobs objects privileges are managed on (tables, views, sequences).
-TABLES = ("jobs", "dead_letters", "queues", "workers", "job_history", VERSION_TABLE)
-VIEWS = ("queue_stats", "worker_status", "throughput")
+TABLES = ("jobs", "dead_letters", "queues", "workers", "job_history", "cron_schedules",
+          VERSION_TABLE)
+VIEWS = ("queue_stats", "worker_status", "throughput", "periodic_schedules")
 SEQUENCES = ("jobs_id_seq", "dead_letters_id_seq")
 
-_KINDS = ("app", "worker", "operator")
+_KINDS = ("app", "worker", "operator", "viewer")
 
 # (privilege, object, columns or None for the whole object) per kind of role.
 _JOBS_ENQUEUE_COLUMNS = ("id", "queue", "task", "args", "priority", "max_attempts",
@@ -102,6 +108,8 @@ PRIVILEGES: dict[str, tuple[Grant, ...]] = {
         ("INSERT", "queues", ("name", "pending_limit", "updated_at")),
         ("UPDATE", "queues", ("pending_limit", "updated_at")),
     ),
+    # Read-only dashboards and monitoring: look at everything, change nothing.
+    "viewer": tuple(("SELECT", name, None) for name in (*TABLES, *VIEWS)),
 }
 
 
@@ -117,23 +125,25 @@ def validate_role_name(name: str, what: str = "role") -> str:
 
 @dataclass(frozen=True)
 class RoleNames:
-    """The names of the three group roles."""
+    """The names of the four group roles."""
 
     app: str = "pgjobs_app"
     worker: str = "pgjobs_worker"
     operator: str = "pgjobs_operator"
+    viewer: str = "pgjobs_viewer"
 
     def __post_init__(self) -> None:
         for kind in _KINDS:
             validate_role_name(getattr(self, kind), kind)
-        if len({self.app, self.worker, self.operator}) != 3:
+        names = [getattr(self, kind) for kind in _KINDS]
+        if len(set(names)) != len(names):
             raise ConfigurationError(
-                "the app, worker and operator roles must be three different roles "
-                f"(got {self.app!r}, {self.worker!r}, {self.operator!r})"
+                "the app, worker, operator and viewer roles must be four different roles "
+                f"(got {', '.join(repr(n) for n in names)})"
             )
 
     def of(self, kind: str) -> str:
-        """The role name for ``kind`` (``app``, ``worker`` or ``operator``)."""
+        """The role name for ``kind`` (``app``, ``worker``, ``operator`` or ``viewer``)."""
         if kind not in _KINDS:
             raise ValueError(f"role kind must be one of {', '.join(_KINDS)}, got {kind!r}")
         return str(getattr(self, kind))
@@ -178,7 +188,7 @@ def grant_statements(
 ) -> list[sql.Composed]:
     """The statements :func:`grant_roles` runs, in order (run them in one transaction).
 
-    ``members`` maps a kind (``app``, ``worker``, ``operator``) to existing login roles
+    ``members`` maps a kind (``app``, ``worker``, ``operator``, ``viewer``) to existing login roles
     that should become members of that group role (``GRANT group TO user``).
     """
     statements: list[sql.Composed] = []
@@ -235,12 +245,13 @@ def grant_roles(
     *,
     members: Mapping[str, Iterable[str]] | None = None,
 ) -> None:
-    """Create the three group roles (if missing) and grant them least privilege on ``schema``.
+    """Create the four group roles (if missing) and grant them least privilege on ``schema``.
 
     Run as the owner of the pgjobs schema (with CREATEROLE, or as a superuser, for the
     roles to be created). Runs in ``conn``'s current transaction and does not commit;
     the caller commits, so the revoke-then-grant is atomic for other sessions. ``members``
-    maps ``app``/``worker``/``operator`` to existing login roles to grant the group to.
+    maps ``app``/``worker``/``operator``/``viewer`` to existing login roles to grant the
+    group to.
     Raises :class:`~pgjobs.errors.SchemaMissingError` if ``schema`` was never migrated.
     """
     revision = current_revision(conn, schema)
