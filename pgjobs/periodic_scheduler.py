@@ -14,7 +14,8 @@ connection is opened for each wake-up and closed after it (a few per minute at m
 it holds no connection between ticks and takes nothing from ``--pool-size``.
 
 Time is injected: a :class:`Clock` says what "now" is (``None``: the database's clock)
-and how to wait, so tests run a simulated day in seconds.
+and how to wait, so tests run a simulated day in seconds. The worker's own clock
+(``monotonic()`` / ``sql_now()``) is accepted too (:func:`scheduler_clock`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,50 @@ class DatabaseClock:
         return stop.wait(max(0.0, seconds))
 
 
+class WorkerClock(Protocol):
+    """The worker runtime's clock (``pgjobs.worker.clock``), as far as scheduling needs it."""
+
+    def monotonic(self) -> float:
+        """Seconds that never go back."""
+
+    def sql_now(self) -> dt.datetime | None:
+        """The ``now`` bound into SQL; ``None``: the database's clock."""
+
+
+class _FromWorkerClock:
+    """Adapts a worker clock: its ``sql_now()`` is "now"; waiting follows its monotonic
+    time (really waiting on the system clock, polling a fake one a test advances)."""
+
+    POLL = 0.2
+
+    def __init__(self, clock: WorkerClock) -> None:
+        self._clock = clock
+
+    def now(self) -> dt.datetime | None:
+        return self._clock.sql_now()
+
+    def sleep(self, seconds: float, stop: threading.Event) -> bool:
+        if self._clock.sql_now() is None:  # the real clock: one plain wait
+            return stop.wait(max(0.0, seconds))
+        until = self._clock.monotonic() + max(0.0, seconds)
+        while (left := until - self._clock.monotonic()) > 0:
+            if stop.wait(min(left, self.POLL)):
+                return True
+        return stop.is_set()
+
+
+def scheduler_clock(clock: Clock | WorkerClock | None) -> Clock:
+    """The scheduler's clock from ``clock``: a :class:`Clock`, a worker clock, or None
+    (the database's clock and real waiting)."""
+    if clock is None:
+        return DatabaseClock()
+    if hasattr(clock, "sleep") and hasattr(clock, "now"):
+        return clock  # type: ignore[return-value]
+    if hasattr(clock, "sql_now") and hasattr(clock, "monotonic"):
+        return _FromWorkerClock(clock)
+    raise TypeError(f"not a clock: {clock!r} (needs now()/sleep() or sql_now()/monotonic())")
+
+
 class PeriodicScheduler:
     """Enqueues the ticks of ``app.schedules``; ``start()`` registers them and starts the
     thread, ``stop()`` ends it. ``run_once()`` is one wake-up (tests drive it directly).
@@ -78,7 +123,7 @@ class PeriodicScheduler:
         self,
         app: App,
         *,
-        clock: Clock | None = None,
+        clock: Clock | WorkerClock | None = None,
         connect: Callable[[], psycopg.Connection[Any]] | None = None,
         hold_connection: bool = False,
         schedules: dict[str, Schedule] | None = None,
@@ -86,7 +131,7 @@ class PeriodicScheduler:
         name: str = "pgjobs-periodic",
     ) -> None:
         self.app = app
-        self.clock: Clock = clock or DatabaseClock()
+        self.clock: Clock = scheduler_clock(clock)
         self.schedules = dict(app.schedules if schedules is None else schedules)
         self.hold_connection = hold_connection
         self.instruments = instruments or periodic_instruments(app.meter_provider)
@@ -218,14 +263,16 @@ class PeriodicScheduler:
                 pass
 
 
-def start_for_worker(app: App) -> PeriodicScheduler | None:
-    """The worker's hook: register the App's schedules and start scheduling them.
+def start_for_worker(app: App, clock: Clock | WorkerClock | None = None
+                     ) -> PeriodicScheduler | None:
+    """The worker's hook: register the App's schedules and start scheduling them on
+    ``clock`` (the worker's own; default: the database's clock).
 
     An App without schedules gets no scheduler thread; the schedules a previous version
     registered are still marked inactive, best effort (a least-privilege worker role may
     not touch ``cron_schedules`` at all, and needs not when it schedules nothing).
     """
-    scheduler = PeriodicScheduler(app)
+    scheduler = PeriodicScheduler(app, clock=clock)
     if not app.schedules:
         try:
             scheduler.register()

@@ -367,3 +367,38 @@ def test_a_tick_meeting_a_full_queue_is_skipped_once_and_the_next_one_runs(pg_ur
     scheduler.run_once()
     assert [r[0] for r in _jobs(db, schema, "tick")] == [dt.datetime(2026, 7, 1, 12, 2,
                                                                      tzinfo=UTC)]
+
+
+# --- the worker's clock ---------------------------------------------------------------------
+
+
+class FakeWorkerClock:
+    """Shaped like the worker runtime's clock: monotonic() and sql_now(), moved by tests."""
+
+    def __init__(self, start: dt.datetime) -> None:
+        self.start, self.offset = start, 0.0
+
+    def monotonic(self) -> float:
+        return 1000.0 + self.offset
+
+    def wall(self) -> float:
+        return self.start.timestamp() + self.offset
+
+    def sql_now(self) -> dt.datetime:
+        return self.start + dt.timedelta(seconds=self.offset)
+
+
+def test_the_scheduler_runs_on_the_workers_clock(pg_url, schema, db):
+    app = _app_with(pg_url, schema, "every-minute")
+    clock = FakeWorkerClock(dt.datetime(2026, 7, 1, 12, 0, 30, tzinfo=UTC))
+    scheduler = start_for_worker(app, clock=clock)
+    assert scheduler is not None
+    try:
+        for minute in (1, 2, 3):
+            clock.offset += 60.0  # 12:01:30, 12:02:30, 12:03:30
+            wait_until(lambda m=minute: len(_jobs(db, schema, "tick")) == m, 20,
+                       message=f"the tick of 12:0{minute}")
+    finally:
+        scheduler.stop()
+    assert [r[0] for r in _jobs(db, schema, "tick")] == [
+        dt.datetime(2026, 7, 1, 12, m, tzinfo=UTC) for m in (1, 2, 3)]
