@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from cronsim import CronSim, CronSimError
 
@@ -133,6 +133,11 @@ def parse_timezone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        if not available_timezones():
+            raise CronError(
+                f"time zone {name!r} cannot be used: this system has no time zone database; "
+                "install the tzdata package (pip install tzdata)"
+            ) from exc
         raise CronError(
             f"unknown time zone {name!r}: use an IANA name like 'Europe/Paris', "
             "'America/New_York' or 'UTC'"
