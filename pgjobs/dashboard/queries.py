@@ -140,7 +140,20 @@ def queues_overview(conn: psycopg.Connection[Any], sql: Statements,
     for row in rows.values():
         seen = per_queue.get(row.name, {})
         row.throughput = [(m, *seen.get(m, (0, 0))) for m in minutes]
-    return {"now": now, "queues": list(rows.values()), "cap": cap,
+    queues = list(rows.values())
+    workers = admin.worker_status(conn, sql)
+    totals = {
+        "pending": sum((q.pending for q in queues), Bounded(0)),
+        "scheduled": sum((q.scheduled for q in queues), Bounded(0)),
+        "running": sum(q.running for q in queues),
+        "dead": sum((q.dead for q in queues), Bounded(0)),
+        "succeeded": sum(q.finished_last_hour[0] for q in queues),
+        "failed": sum(q.finished_last_hour[1] for q in queues),
+        "workers_alive": sum(1 for w in workers if w["alive"]),
+        "executors_busy": sum(w["executors_busy"] for w in workers if w["alive"]),
+        "executors": sum(w["concurrency"] for w in workers if w["alive"]),
+    }
+    return {"now": now, "queues": queues, "cap": cap, "totals": totals,
             "truncated": len(names) >= MAX_QUEUES}
 
 
