@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 from psycopg import sql
 
@@ -13,7 +15,8 @@ from pgjobs.periodic_scheduler import PeriodicScheduler
 
 from .conftest import ROOT, cli_env
 
-PGJOBS = str(ROOT / ".venv" / "bin" / "pgjobs")
+# The installed console script of the environment running the tests (.venv/bin/pgjobs).
+PGJOBS = str(Path(sys.executable).parent / "pgjobs")
 
 
 def _pgjobs(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
