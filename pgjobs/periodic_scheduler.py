@@ -136,8 +136,10 @@ class PeriodicScheduler:
         self.hold_connection = hold_connection
         self.instruments = instruments or periodic_instruments(app.meter_provider)
         self.results: list[store.TickResult] = []  # decided by this process (bounded)
+        # Nothing prepared: a handful of statements per tick gain nothing from it, and
+        # PgBouncer in transaction mode (`--poll-only`) would break on it.
         self._connect = connect or (lambda: psycopg.connect(
-            app.database_url, autocommit=True, connect_timeout=10,
+            app.database_url, autocommit=True, connect_timeout=10, prepare_threshold=None,
             application_name="pgjobs periodic"))
         self._conn: psycopg.Connection[Any] | None = None
         self._seen: dict[str, dt.datetime] = {}  # schedule -> last tick decided here
