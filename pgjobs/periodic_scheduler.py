@@ -112,7 +112,8 @@ def scheduler_clock(clock: Clock | WorkerClock | None) -> Clock:
 
 class PeriodicScheduler:
     """Enqueues the ticks of ``app.schedules``; ``start()`` registers them and starts the
-    thread, ``stop()`` ends it. ``run_once()`` is one wake-up (tests drive it directly).
+    thread, ``stop()`` asks it to end, ``join()`` waits (the worker's service shape).
+    ``run_once()`` is one wake-up (tests drive it directly).
 
     ``connect`` makes a new autocommit connection (default: to the App's database).
     ``hold_connection``: keep one connection for the scheduler's life instead of one per
@@ -143,6 +144,7 @@ class PeriodicScheduler:
             application_name="pgjobs periodic"))
         self._conn: psycopg.Connection[Any] | None = None
         self._seen: dict[str, dt.datetime] = {}  # schedule -> last tick decided here
+        self.name = name
         self._stop = threading.Event()
         self._failures = 0
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -154,13 +156,19 @@ class PeriodicScheduler:
         self.register()
         self.thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread (a decision in progress completes or rolls back) and close."""
+    def stop(self) -> None:
+        """Ask the thread to stop; returns at once (a decision in progress commits or
+        rolls back; either way its tick stays exactly-once)."""
         self._stop.set()
-        if self.thread.is_alive() and self.thread is not threading.current_thread():
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the thread; True once it has stopped."""
+        if self.thread.ident is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout)
-        if not self.thread.is_alive():
-            self._close()
+        if self.thread.is_alive():
+            return False
+        self._close()  # a held connection of a scheduler whose thread never ran
+        return True
 
     def register(self) -> list[str]:
         """Upsert this App's schedules; mark the others inactive. Returns those names."""

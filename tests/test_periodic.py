@@ -218,6 +218,8 @@ def test_three_schedulers_over_a_simulated_day_enqueue_exactly_1440_jobs(pg_url,
     finally:
         for scheduler in schedulers:
             scheduler.stop()
+        for scheduler in schedulers:
+            assert scheduler.join(10)
     runs = [row[0] for row in _jobs(db, schema, "tick")]
     assert len(runs) == 1440
     assert runs == [day + dt.timedelta(minutes=m) for m in range(1440)]  # next_run_at = tick
@@ -330,6 +332,8 @@ def test_a_daily_0230_job_runs_once_on_both_dst_transition_days(pg_url, schema, 
     finally:
         for scheduler in schedulers:
             scheduler.stop()
+        for scheduler in schedulers:
+            assert scheduler.join(10)
     runs = [r[0] for r in _jobs(db, schema, "tick")]
     in_day = [t for t in runs
               if t.astimezone(cronlib.parse("* * * * *", "Europe/Paris").zone).date() == day]
@@ -400,5 +404,6 @@ def test_the_scheduler_runs_on_the_workers_clock(pg_url, schema, db):
                        message=f"the tick of 12:0{minute}")
     finally:
         scheduler.stop()
+        assert scheduler.join(10)
     assert [r[0] for r in _jobs(db, schema, "tick")] == [
         dt.datetime(2026, 7, 1, 12, m, tzinfo=UTC) for m in (1, 2, 3)]
