@@ -407,3 +407,50 @@ def test_the_scheduler_runs_on_the_workers_clock(pg_url, schema, db):
         assert scheduler.join(10)
     assert [r[0] for r in _jobs(db, schema, "tick")] == [
         dt.datetime(2026, 7, 1, 12, m, tzinfo=UTC) for m in (1, 2, 3)]
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+
+def _points(reader: Any, name: str) -> list[Any]:
+    data = reader.get_metrics_data()
+    return [point for rm in (data.resource_metrics if data else [])
+            for sm in rm.scope_metrics for metric in sm.metrics if metric.name == name
+            for point in metric.data.data_points]
+
+
+def test_ticks_enqueued_skipped_missed_and_lag_are_measured(pg_url, schema):
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    app = pgjobs.App(pg_url, schema=schema, meter_provider=MeterProvider(metric_readers=[reader]))
+
+    @app.periodic(cron="* * * * *", name="minutely", max_delay=30)
+    @app.task(name="tick", queue="ticks")
+    def tick() -> None: ...
+
+    start = dt.datetime(2026, 7, 1, 12, 0, 30, tzinfo=UTC)
+    clock = ManualClock(start)
+    scheduler = _scheduler(app, pg_url, clock)
+    scheduler.register()
+    for seconds in (32, 92):  # 12:01:02 and 12:02:02: enqueued, 2 s late each
+        clock.advance_to(start + dt.timedelta(seconds=seconds))
+        scheduler.run_once()
+    with psycopg.connect(pg_url) as conn:
+        app.set_queue_limit(conn, "ticks", 0)
+        conn.commit()
+    clock.advance_to(start + dt.timedelta(seconds=152))  # 12:03:02: the queue is full
+    scheduler.run_once()
+    # Down until 12:07:38: the latest tick, 12:07, is 38 s old, over max_delay (30 s).
+    clock.advance_to(start + dt.timedelta(seconds=428))
+    scheduler.run_once()
+    attrs = {"schedule": "minutely"}
+    assert [p.value for p in _points(reader, "pgjobs.periodic.ticks_enqueued")
+            if p.attributes == attrs] == [2]
+    assert [p.value for p in _points(reader, "pgjobs.periodic.ticks_skipped")
+            if p.attributes == attrs] == [1]
+    assert [p.value for p in _points(reader, "pgjobs.periodic.ticks_missed")
+            if p.attributes == attrs] == [1]
+    (lag,) = [p for p in _points(reader, "pgjobs.periodic.tick_lag") if p.attributes == attrs]
+    assert lag.count == 2 and 4.0 <= lag.sum < 10.0  # 2 s + 2 s, plus the round trips
