@@ -201,8 +201,17 @@ class PeriodicScheduler:
                 tick = schedule.cron.latest_at_or_before(now)
                 if tick is None or self._seen.get(schedule.name) == tick:
                     continue
-                result = store.decide_tick(conn, self.app.sql, schedule, tick, now,
-                                           default_limit=self.app.default_queue_limit)
+                try:
+                    result = store.decide_tick(conn, self.app.sql, schedule, tick, now,
+                                               default_limit=self.app.default_queue_limit)
+                except psycopg.Error as exc:
+                    if conn.closed or conn.broken or isinstance(exc, psycopg.OperationalError):
+                        raise  # the connection: the whole pass retries after a backoff
+                    # This schedule's statement failed (rolled back): the others go on;
+                    # this tick is tried again at the next wake-up while still the latest.
+                    log.error("periodic schedule %r: tick %s failed: %s", schedule.name,
+                              tick.isoformat(), (str(exc).strip().splitlines() or ["?"])[0])
+                    continue
                 self._seen[schedule.name] = tick
                 self._record(result)
             return self._until_next(now)

@@ -454,3 +454,38 @@ def test_ticks_enqueued_skipped_missed_and_lag_are_measured(pg_url, schema):
             if p.attributes == attrs] == [1]
     (lag,) = [p for p in _points(reader, "pgjobs.periodic.tick_lag") if p.attributes == attrs]
     assert lag.count == 2 and 4.0 <= lag.sum < 10.0  # 2 s + 2 s, plus the round trips
+
+
+def test_a_schedule_whose_insert_fails_does_not_stop_the_others(pg_url, schema, db, caplog):
+    app = pgjobs.App(pg_url, schema=schema)
+
+    @app.periodic(cron="* * * * *", name="a-refused")
+    @app.task(name="refused")
+    def refused() -> None: ...
+
+    @app.periodic(cron="* * * * *", name="b-fine")
+    @app.task(name="fine")
+    def fine() -> None: ...
+
+    # The database refuses one schedule's job (a trigger stands in for any statement error).
+    db.execute(sql.SQL(
+        "CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.task = 'refused' THEN RAISE EXCEPTION 'refused by a test trigger'; END IF; "
+        "RETURN NEW; END $$; "
+        "CREATE TRIGGER refuse BEFORE INSERT ON {jobs} FOR EACH ROW EXECUTE FUNCTION {fn}()"
+    ).format(fn=sql.Identifier(schema, "refuse"), jobs=sql.Identifier(schema, "jobs")))
+    start = dt.datetime(2026, 7, 1, 12, 0, 30, tzinfo=UTC)
+    clock = ManualClock(start)
+    scheduler = _scheduler(app, pg_url, clock)
+    scheduler.register()
+    clock.advance_to(start + dt.timedelta(seconds=31))
+    with caplog.at_level("ERROR", logger="pgjobs.periodic"):
+        scheduler.run_once()
+    assert [r[0] for r in _jobs(db, schema, "fine")] == [dt.datetime(2026, 7, 1, 12, 1,
+                                                                     tzinfo=UTC)]
+    assert _jobs(db, schema, "refused") == []
+    assert _row(db, schema, "a-refused")["last_tick"] is None  # rolled back with the insert
+    assert any("refused by a test trigger" in r.message for r in caplog.records)
+    db.execute(sql.SQL("DROP TRIGGER refuse ON {}").format(sql.Identifier(schema, "jobs")))
+    scheduler.run_once()  # the same tick, still the latest: tried again, now enqueued
+    assert len(_jobs(db, schema, "refused")) == 1 and len(_jobs(db, schema, "fine")) == 1
