@@ -107,3 +107,83 @@ def test_dead_letters_show_purge_and_errors(pg_url, schema, db):
         run_cli("dead-letters", "purge", "--older-than", "soon", "--yes", env=env))
     listed = run_cli("dead-letters", "list", env=env)
     assert listed.returncode == 0 and "E: new" in listed.stdout
+
+
+def test_stats_counts_the_last_60_seconds(pg_url, schema, db):
+    """ok/min is the last 60 s: this minute's finished jobs count at once, older ones not."""
+    history = sql.Identifier(schema, "job_history")
+    assert run_cli("queues", "limit", "q", "100", env=cli_env(pg_url, schema)).returncode == 0
+    db.execute(sql.SQL(
+        "INSERT INTO {} (minute, queue, task, succeeded, retried, dead) VALUES "
+        "(date_trunc('minute', now()), 'q', 't', 80, 2, 1), "
+        "(date_trunc('minute', now()) - interval '5 minutes', 'q', 't', 1000, 1000, 0)"
+    ).format(history))
+    stats = run_cli("stats", "--json", env=cli_env(pg_url, schema))
+    assert stats.returncode == 0, stats.stderr
+    (q,) = [r for r in json.loads(stats.stdout)["queues"] if r["queue"] == "q"]
+    assert q["succeeded_last_minute"] == 80 and q["failed_last_minute"] == 3
+    # The previous minute counts for the part of it still inside the window.
+    db.execute(sql.SQL(
+        "INSERT INTO {} (minute, queue, task, succeeded) VALUES "
+        "(date_trunc('minute', now()) - interval '1 minute', 'q', 't', 60)").format(history))
+    stats = run_cli("stats", "--json", env=cli_env(pg_url, schema))
+    (q,) = [r for r in json.loads(stats.stdout)["queues"] if r["queue"] == "q"]
+    assert 80 <= q["succeeded_last_minute"] <= 140
+
+
+def test_stats_piped_keeps_headers_and_shows_start_time(pg_url, schema, db):
+    """Into a pipe, wide tables print whole; `since` is the worker's start (local time)."""
+    import datetime as dt
+
+    started = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
+    db.execute(sql.SQL(
+        "INSERT INTO {} (id, hostname, pid, queues, concurrency, lease_seconds, started_at) "
+        "VALUES ('web-1.eu-west.example.internal:4121:9f2c1a', 'web-1', 4121, "
+        "ARRAY['webhooks-with-a-long-name', 'emails'], 10, 30, %s)"
+    ).format(sql.Identifier(schema, "workers")), [started])
+    run_cli("queues", "limit", "a-queue-with-a-rather-long-name-for-a-table", "10",
+            env=cli_env(pg_url, schema))
+    result = run_cli("stats", env=cli_env(pg_url, schema))  # stdout is a pipe here
+    assert result.returncode == 0, result.stderr
+    assert "…" not in result.stdout, result.stdout
+    for header in ("queue", "pending", "sched", "oldest", "ok/min", "fail/min", "limit",
+                   "worker", "in hand", "since", "last heartbeat", "alive"):
+        assert header in result.stdout, (header, result.stdout)
+    assert "web-1.eu-west.example.internal:4121:9f2c1a" in result.stdout
+    assert started.astimezone().strftime("%H:%M:%S") in result.stdout
+
+
+def test_enqueue_with_app_uses_the_tasks_own_options(pg_url, schema, db):
+    """--app: the task's queue, max_attempts and priority; options still override them."""
+    env = cli_env(pg_url, schema)
+    query = sql.SQL("SELECT task, queue, max_attempts, priority, args FROM {} WHERE id = %s"
+                    ).format(sql.Identifier(schema, "jobs"))
+
+    declared = run_cli("enqueue", "reports.build", "--app", "tests.apps.cli_app:app",
+                       "--args", '{"region": "eu"}', env=env)
+    assert declared.returncode == 0, declared.stderr
+    assert db.execute(query, [int(declared.stdout)]).fetchone() == (
+        "reports.build", "reports", 2, 7, {"region": "eu"})
+
+    overridden = run_cli("enqueue", "reports.build", "--app", "tests.apps.cli_app:app",
+                         "--args", '{"region": "us"}', "--queue", "urgent", "--priority", "9",
+                         "--max-attempts", "4", env=env)
+    assert overridden.returncode == 0, overridden.stderr
+    assert db.execute(query, [int(overridden.stdout)]).fetchone()[1:4] == ("urgent", 4, 9)
+
+    # Without --app the name is taken as given and the queue is `default`.
+    by_name = run_cli("enqueue", "reports.build", "--args", '{"region": "eu"}', env=env)
+    assert by_name.returncode == 0, by_name.stderr
+    assert db.execute(query, [int(by_name.stdout)]).fetchone()[1:4] == ("default", 5, 0)
+
+    unknown = _one_line_error(run_cli("enqueue", "reports.biuld", "--app",
+                                      "tests.apps.cli_app:app", env=env))
+    assert "unknown task 'reports.biuld'" in unknown and "'reports.build'" in unknown
+    assert count(db, schema, "jobs") == 3
+
+
+def test_enqueue_help_says_the_name_is_not_checked_without_app(pg_url, schema):
+    result = run_cli("enqueue", "--help", env={**cli_env(pg_url, schema), "COLUMNS": "200"})
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "NOT checked" in text and "'default'" in text
