@@ -117,3 +117,10 @@ def test_any_host_with_a_token_requires_it(pg_url, schema):
         assert _request(local + "/")[0] == 401
         assert _request(local + "/", headers={"Authorization": "Bearer nope"})[0] == 401
         assert _request(local + "/", headers={"Authorization": f"Bearer {token}"})[0] == 200
+
+
+def test_an_unmigrated_schema_is_one_line_before_binding(pg_url):
+    result = run_cli("dashboard", "--port", "0", env=cli_env(pg_url, "pgjobs_never_migrated"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pgjobs migrate" in lines[0], result.stderr

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import SchemaMissingError
 from .common import SETTINGS, connect, fail
 
 TOKEN_ENV = "PGJOBS_DASHBOARD_TOKEN"
@@ -51,8 +52,13 @@ def dashboard(
         from ..dashboard import asgi_app
     except ImportError:
         fail("the dashboard needs the 'dashboard' extra: pip install 'pgjobs[dashboard]'")
-    with connect(autocommit=True):  # a clear one-line error for a bad URL, before binding
-        pass
+    # Before binding: a bad URL or an unmigrated schema is one line, not a page of errors.
+    with connect(autocommit=True) as conn:
+        statements = SETTINGS.sql()
+        row = conn.execute(statements.SCHEMA_EXISTS,
+                           {"jobs_table": statements.jobs_table}).fetchone()
+        if not (row and row[0]):
+            raise SchemaMissingError(statements.schema)
     app = asgi_app(SETTINGS.url(), schema=SETTINGS.resolved_schema(), read_only=read_only,
                    token=token, refresh_seconds=refresh)
     sock = _listen(host, port)

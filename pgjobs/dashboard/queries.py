@@ -17,12 +17,15 @@ from psycopg.rows import dict_row
 from .. import admin
 from ..sql import Statements
 
-#: Counts stop here and show as "10,000+".
-COUNT_CAP = 10_000
+#: Queue counts stop here and show as "1,000+" (counting a queue reads at most about
+#: three times this many index entries); past it, totals are estimated from statistics.
+COUNT_CAP = 1_000
+#: List counts ("N matching") stop here: their filters may have no index.
+LIST_COUNT_CAP = 1_000
 #: A filtered list reads at most this many rows per page before offering to search further.
 SCAN_WINDOW = 20_000
 #: Counting matches of an unindexed filter gives up after this long ("many").
-COUNT_TIMEOUT_MS = 100
+COUNT_TIMEOUT_MS = 50
 PAGE_SIZE = 50
 MAX_QUEUES = 200
 MAX_PRIORITIES = 64
@@ -31,10 +34,12 @@ JOB_STATES = ("pending", "scheduled", "running")
 
 @dataclass(frozen=True)
 class Bounded:
-    """A count that stopped at a cap (``at_least``) or could not be taken (``None``)."""
+    """A count that stopped at a cap (``at_least``), is an ``estimate`` from the planner's
+    statistics, or could not be taken (``None``)."""
 
     value: int | None
     at_least: bool = False
+    estimate: bool = False
 
     @classmethod
     def capped(cls, value: int, cap: int) -> Bounded:
@@ -43,11 +48,14 @@ class Bounded:
     def __add__(self, other: Bounded) -> Bounded:
         if self.value is None or other.value is None:
             return Bounded(None)
-        return Bounded(self.value + other.value, self.at_least or other.at_least)
+        return Bounded(self.value + other.value, self.at_least or other.at_least,
+                       self.estimate or other.estimate)
 
     def __str__(self) -> str:
         if self.value is None:
             return "many"
+        if self.estimate:
+            return f"≈ {self.value:,}"
         return f"{self.value:,}+" if self.at_least else f"{self.value:,}"
 
 
@@ -69,6 +77,8 @@ class QueueRow:
     paused: bool | None = None
     # (minute, succeeded, failed) for each of the last 60 minutes, oldest first.
     throughput: list[tuple[dt.datetime, int, int]] = field(default_factory=list)
+    #: Pending jobs in all (due and scheduled), estimated when the counts were capped.
+    backlog_estimate: int | None = None
 
     def as_mapping(self) -> dict[str, Any]:
         """The row's fields, for :attr:`~pgjobs.dashboard.actions.Action.offered_for`."""
@@ -76,8 +86,12 @@ class QueueRow:
 
     @property
     def held(self) -> Bounded:
-        """Pending jobs counted against the limit (due and scheduled)."""
-        return self.pending + self.scheduled
+        """Pending jobs counted against the limit (due and scheduled): exact below the
+        cap, else the statistics' estimate (never below what was counted)."""
+        counted = self.pending + self.scheduled
+        if counted.at_least and self.backlog_estimate is not None:
+            return Bounded(max(self.backlog_estimate, counted.value or 0), estimate=True)
+        return counted
 
     @property
     def fullness(self) -> float | None:
@@ -105,23 +119,16 @@ def queues_overview(conn: psycopg.Connection[Any], sql: Statements,
     names = [r[0] for r in conn.execute(sql.DASHBOARD_QUEUE_NAMES,
                                         {"max_queues": MAX_QUEUES}).fetchall()]
     rows = {name: QueueRow(name) for name in names}
-    earliest: dict[str, dt.datetime] = {}
-    for queue, _priority, depth, due, scheduled, first in conn.execute(
-        sql.DASHBOARD_PENDING_BY_PRIORITY,
+    for queue, depth, due, scheduled, first in conn.execute(
+        sql.DASHBOARD_PENDING_BY_QUEUE,
         {"queues": names, "cap": cap, "max_priorities": MAX_PRIORITIES},
     ).fetchall():
         row = rows[queue]
         # Past the last priority read, more may exist: the counts become lower bounds.
         more = depth > MAX_PRIORITIES
-        row.pending = row.pending + Bounded(due, due >= cap or more)
-        row.scheduled = row.scheduled + Bounded(scheduled, scheduled >= cap or more)
-        if first is not None and (queue not in earliest or first < earliest[queue]):
-            earliest[queue] = first
-    for row in rows.values():
-        row.pending = _recap(row.pending, cap)
-        row.scheduled = _recap(row.scheduled, cap)
-        first = earliest.get(row.name)
-        if first is not None and first <= now and row.pending.value:
+        row.pending = Bounded(min(due, cap), due >= cap or more)
+        row.scheduled = Bounded(min(scheduled, cap), scheduled >= cap or more)
+        if first is not None and first <= now and due:
             row.oldest_pending_age = (now - first).total_seconds()
     for queue, running in conn.execute(sql.DASHBOARD_RUNNING_BY_QUEUE).fetchall():
         if queue in rows:
@@ -129,6 +136,13 @@ def queues_overview(conn: psycopg.Connection[Any], sql: Statements,
     for queue, dead in conn.execute(sql.DASHBOARD_DEAD_BY_QUEUE,
                                     {"queues": names, "cap": cap}).fetchall():
         rows[queue].dead = Bounded.capped(int(dead), cap)
+    for row in rows.values():
+        if row.pending.at_least or row.scheduled.at_least:
+            row.backlog_estimate = _estimate(conn, sql.DASHBOARD_ESTIMATE_PENDING, row.name)
+        if row.dead.at_least:
+            estimate = _estimate(conn, sql.DASHBOARD_ESTIMATE_DEAD, row.name)
+            if estimate is not None and estimate > cap:
+                row.dead = Bounded(estimate, estimate=True)
     for queue, limit in conn.execute(sql.DASHBOARD_QUEUE_LIMITS, {"queues": names}).fetchall():
         rows[queue].limit = limit
     minutes = [_minute(now) - dt.timedelta(minutes=59 - i) for i in range(60)]
@@ -143,8 +157,7 @@ def queues_overview(conn: psycopg.Connection[Any], sql: Statements,
     queues = list(rows.values())
     workers = admin.worker_status(conn, sql)
     totals = {
-        "pending": sum((q.pending for q in queues), Bounded(0)),
-        "scheduled": sum((q.scheduled for q in queues), Bounded(0)),
+        "backlog": sum((q.held for q in queues), Bounded(0)),
         "running": sum(q.running for q in queues),
         "dead": sum((q.dead for q in queues), Bounded(0)),
         "succeeded": sum(q.finished_last_hour[0] for q in queues),
@@ -157,10 +170,13 @@ def queues_overview(conn: psycopg.Connection[Any], sql: Statements,
             "truncated": len(names) >= MAX_QUEUES}
 
 
-def _recap(count: Bounded, cap: int) -> Bounded:
-    if count.value is not None and count.value >= cap:
-        return Bounded(cap, True)
-    return count
+def _estimate(conn: psycopg.Connection[Any], statement: Any, queue: str) -> int | None:
+    """The planner's row estimate for one queue (statistics only; nothing is read)."""
+    row = conn.execute(statement, {"queue": queue}).fetchone()
+    try:
+        return int(row[0][0]["Plan"]["Plan Rows"]) if row else None
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
 
 
 def _minute(moment: dt.datetime) -> dt.datetime:
@@ -214,7 +230,7 @@ def _page(conn: psycopg.Connection[Any], sql: Statements, *, rows_statement: str
     # Module settings are read per call, so tests (and embedders) can change them.
     limit = PAGE_SIZE if limit is None else limit
     window = SCAN_WINDOW if window is None else window
-    cap = COUNT_CAP if cap is None else cap
+    cap = LIST_COUNT_CAP if cap is None else cap
     params = {**filters.params(), "before": before, "window": window, "limit": limit + 1}
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(getattr(sql, rows_statement), params).fetchall()
@@ -228,8 +244,11 @@ def _page(conn: psycopg.Connection[Any], sql: Statements, *, rows_statement: str
                            {"before": before, "window": window}).fetchone()
         if end is not None and end[0] is not None and int(end[1]) >= window:
             older = searched_to = int(end[0])
-    return Page(rows=rows, older=older, searched_to=searched_to,
-                count=count_matching(conn, sql, count_statement, filters, cap),
+    # A page that read a whole window without filling up means sparse matches: counting
+    # them would read the whole table, so the count is left unknown.
+    counted = (Bounded(None) if searched_to is not None
+               else count_matching(conn, sql, count_statement, filters, cap))
+    return Page(rows=rows, older=older, searched_to=searched_to, count=counted,
                 first_page=before is None, window=window)
 
 
