@@ -700,10 +700,12 @@ ORDER BY 1
 LIMIT %(max_queues)s
 """
 
-# Pending jobs per queue and priority (skip scan over the priorities of each queue, at
-# most %(max_priorities)s): due and scheduled counts capped at %(cap)s, and the earliest
-# next_run_at. Each piece is one range of jobs_queue_claim_idx.
-DASHBOARD_PENDING_BY_PRIORITY = """
+# Pending jobs per queue: the queue's priorities come from a skip scan (at most
+# %(max_priorities)s), then each count walks one jobs_queue_claim_idx range per priority
+# and stops at %(cap)s rows in all (the outer LIMIT ends the nested loop), so a queue
+# costs at most 2 x %(cap)s index entries whatever its backlog. earliest: the smallest
+# next_run_at (oldest due job, or the next to become due).
+DASHBOARD_PENDING_BY_QUEUE = """
 WITH RECURSIVE prios AS (
     SELECT n.queue,
            (SELECT j.priority FROM {schema}.jobs AS j
@@ -719,23 +721,34 @@ WITH RECURSIVE prios AS (
            p.depth + 1
     FROM prios AS p
     WHERE p.priority IS NOT NULL AND p.depth <= %(max_priorities)s
+), per_queue AS (
+    SELECT queue, array_agg(priority ORDER BY priority DESC) AS priorities,
+           max(depth) AS depth
+    FROM prios WHERE priority IS NOT NULL GROUP BY queue
 )
-SELECT p.queue, p.priority, p.depth,
+SELECT q.queue, q.depth,
        (SELECT count(*) FROM (
-            SELECT 1 FROM {schema}.jobs AS j
-            WHERE j.queue = p.queue AND j.state = 'pending' AND j.priority = p.priority
-              AND j.next_run_at <= now()
+            SELECT 1 FROM unnest(q.priorities) AS p(priority)
+            CROSS JOIN LATERAL (
+                SELECT 1 FROM {schema}.jobs AS j
+                WHERE j.queue = q.queue AND j.state = 'pending' AND j.priority = p.priority
+                  AND j.next_run_at <= now()
+                LIMIT %(cap)s) AS one
             LIMIT %(cap)s) AS due) AS due,
        (SELECT count(*) FROM (
-            SELECT 1 FROM {schema}.jobs AS j
-            WHERE j.queue = p.queue AND j.state = 'pending' AND j.priority = p.priority
-              AND j.next_run_at > now()
+            SELECT 1 FROM unnest(q.priorities) AS p(priority)
+            CROSS JOIN LATERAL (
+                SELECT 1 FROM {schema}.jobs AS j
+                WHERE j.queue = q.queue AND j.state = 'pending' AND j.priority = p.priority
+                  AND j.next_run_at > now()
+                LIMIT %(cap)s) AS one
             LIMIT %(cap)s) AS later) AS scheduled,
-       (SELECT j.next_run_at FROM {schema}.jobs AS j
-        WHERE j.queue = p.queue AND j.state = 'pending' AND j.priority = p.priority
-        ORDER BY j.next_run_at LIMIT 1) AS earliest
-FROM prios AS p
-WHERE p.priority IS NOT NULL
+       (SELECT min(f.next_run_at) FROM unnest(q.priorities) AS p(priority)
+        CROSS JOIN LATERAL (
+            SELECT j.next_run_at FROM {schema}.jobs AS j
+            WHERE j.queue = q.queue AND j.state = 'pending' AND j.priority = p.priority
+            ORDER BY j.next_run_at LIMIT 1) AS f) AS earliest
+FROM per_queue AS q
 """
 
 # Running jobs are few (bounded by the workers' concurrency): jobs_lease_idx.
@@ -749,6 +762,16 @@ SELECT n.queue,
             SELECT 1 FROM {schema}.dead_letters AS d WHERE d.queue = n.queue LIMIT %(cap)s
         ) AS capped)
 FROM unnest(%(queues)s::text[]) AS n(queue)
+"""
+
+# Past the cap, a queue's backlog and dead letters are estimated from the planner's
+# statistics (the queue value's share of the table): planning only, nothing is read.
+DASHBOARD_ESTIMATE_PENDING = """
+EXPLAIN (FORMAT JSON) SELECT 1 FROM {schema}.jobs WHERE queue = %(queue)s::text AND state = 'pending'
+"""
+
+DASHBOARD_ESTIMATE_DEAD = """
+EXPLAIN (FORMAT JSON) SELECT 1 FROM {schema}.dead_letters WHERE queue = %(queue)s::text
 """
 
 DASHBOARD_QUEUE_LIMITS = """

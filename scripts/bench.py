@@ -151,6 +151,9 @@ SIZES: dict[str, tuple[Any, Any]] = {
     "backlog_m": (50_000, 10_000),
     "backlog_warmup": (1_000, 500),
     "backlog_concurrency": (50, 50),
+    "dashboard_pending": (1_000_000, 100_000),
+    "dashboard_dead": (100_000, 10_000),
+    "dashboard_requests": (30, 10),
 }
 
 SEED_CHUNK = 50_000  # jobs per enqueue_many when pre-inserting (bounds memory)
@@ -977,7 +980,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="pgjobs benchmarks (see the module docstring for what each number means)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("mode", choices=["enqueue", "work", "all"])
+    parser.add_argument("mode", choices=["enqueue", "work", "all", "dashboard"])
     parser.add_argument("--database-url",
                         default=os.environ.get("PGJOBS_BENCH_DATABASE_URL") or DEFAULT_URL,
                         help="created (and dropped at the end) if the database is missing")
@@ -1020,6 +1023,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "backlog_m": "jobs drained (and timed) in the large-backlog case",
         "backlog_warmup": "completions before the backlog timing window opens",
         "backlog_concurrency": "concurrency of the backlog runs",
+        "dashboard_pending": "live jobs in the dashboard benchmark's tables",
+        "dashboard_dead": "dead letters in the dashboard benchmark's tables",
+        "dashboard_requests": "timed requests per dashboard page",
     }
     for key, (full, quick) in SIZES.items():
         parser.add_argument("--" + key.replace("_", "-"), dest=key, default=None,
@@ -1120,6 +1126,11 @@ def main(argv: list[str] | None = None) -> int:
         print_settings(report.settings)
         if cfg.mode in ("enqueue", "all"):
             bench_enqueue(cfg, report)
+        if cfg.mode == "dashboard":
+            # Page server times on big tables: scripts/bench_dashboard.py (not in "all").
+            from bench_dashboard import bench_dashboard
+
+            bench_dashboard(cfg, report, fresh_schema=fresh_schema, percentile=percentile)
         if cfg.mode in ("work", "all"):
             bench_work(cfg, report)
         report.settings["elapsed_seconds"] = round(perf() - started, 1)
