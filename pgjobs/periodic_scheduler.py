@@ -24,6 +24,7 @@ import datetime as dt
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -194,7 +195,9 @@ class PeriodicScheduler:
         """Decide every due tick; return the seconds (of the clock) until the next one."""
         try:
             conn = self._connection()
-            now = store.server_now(conn, self.app.sql, self.clock.now())
+            injected = self.clock.now()
+            now = store.server_now(conn, self.app.sql, injected)
+            started = time.monotonic()
             for schedule in sorted(self.schedules.values(), key=lambda s: s.name):
                 if self._stop.is_set():
                     break
@@ -214,7 +217,9 @@ class PeriodicScheduler:
                     continue
                 self._seen[schedule.name] = tick
                 self._record(result)
-            return self._until_next(now)
+            # On the real clock, the time this pass took is already spent.
+            spent = time.monotonic() - started if injected is None else 0.0
+            return max(0.0, self._until_next(now) - spent)
         finally:
             if not self.hold_connection:
                 self._close()
