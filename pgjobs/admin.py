@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from .connection import raw_connection
 from .sql import Statements
+from .store import JobStore
 from .task import validate_queue
 
 
@@ -23,29 +25,13 @@ def set_queue_limit(conn: Any, sql: Statements, queue: str, limit: int | None) -
 
 def queue_stats(conn: Any, sql: Statements) -> list[dict[str, Any]]:
     """One dict per queue, in the layout of ``pgjobs stats --json``."""
-    pgconn = raw_connection(conn)
-    rows = pgconn.execute(sql.QUEUE_STATS).fetchall()
-    return [
-        {
-            "queue": r[0],
-            "pending": r[1],
-            "scheduled": r[2],
-            "running": r[3],
-            "dead": r[4],
-            "oldest_pending_age_seconds": r[5],
-            "limit": r[6],
-        }
-        for r in rows
-    ]
+    return [asdict(r) for r in JobStore(sql).queue_stats(raw_connection(conn))]
 
 
 def queue_report(conn: Any, sql: Statements) -> list[dict[str, Any]]:
     """:func:`queue_stats` plus last minute's throughput and how full each queue is."""
     rows = queue_stats(conn, sql)
-    recent = {
-        r[0]: (r[1], r[2])
-        for r in raw_connection(conn).execute(sql.RECENT_THROUGHPUT).fetchall()
-    }
+    recent = JobStore(sql).recent_throughput(raw_connection(conn))
     for row in rows:
         succeeded, failed = recent.get(row["queue"], (0, 0))
         row["succeeded_last_minute"] = succeeded
@@ -58,10 +44,7 @@ def queue_report(conn: Any, sql: Statements) -> list[dict[str, Any]]:
 
 def worker_status(conn: Any, sql: Statements) -> list[dict[str, Any]]:
     """Registered workers (alive or not), oldest first."""
-    fields = ("id", "hostname", "pid", "queues", "concurrency", "started_at",
-              "last_heartbeat_at", "jobs_in_hand", "executors_busy", "alive")
-    rows = raw_connection(conn).execute(sql.WORKER_STATUS).fetchall()
-    return [dict(zip(fields, r, strict=True)) for r in rows]
+    return [asdict(r) for r in JobStore(sql).worker_status(raw_connection(conn))]
 
 
 DEAD_LETTER_FIELDS = (
@@ -75,16 +58,15 @@ def list_dead_letters(
     limit: int = 100,
 ) -> list[dict[str, Any]]:
     """Dead letters, oldest first, optionally filtered by queue and task."""
-    rows = raw_connection(conn).execute(
-        sql.LIST_DEAD_LETTERS, {"queue": queue, "task": task, "limit": limit}
-    ).fetchall()
-    return [dict(zip(DEAD_LETTER_FIELDS, row, strict=True)) for row in rows]
+    rows = JobStore(sql).list_dead_letters(raw_connection(conn), queue=queue, task=task,
+                                           limit=limit)
+    return [asdict(r) for r in rows]
 
 
 def get_dead_letter(conn: Any, sql: Statements, dead_letter_id: int) -> dict[str, Any] | None:
     """One dead letter by ``dead_letters.id``."""
-    row = raw_connection(conn).execute(sql.SHOW_DEAD_LETTER, {"id": dead_letter_id}).fetchone()
-    return dict(zip(DEAD_LETTER_FIELDS, row, strict=True)) if row else None
+    row = JobStore(sql).get_dead_letter(raw_connection(conn), dead_letter_id)
+    return asdict(row) if row else None
 
 
 def requeue_dead_letters(

@@ -395,6 +395,32 @@ UNION ALL
 SELECT 'dead', job_id, queue, task FROM buried
 """
 
+# Renew the leases of every job in hand that is still ours, never waiting on a row that
+# another transaction has locked (an operator's UPDATE, a cancel in flight): such a row
+# is skipped this round and renewed at the next. Returns (id, renewed) for every job
+# still ours; a job in hand that is missing was lost (rescued and claimed elsewhere).
+RENEW_LEASES = """
+WITH held AS (
+    SELECT j.id
+    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS h(id, token)
+    JOIN {schema}.jobs AS j ON j.id = h.id
+    WHERE j.state = 'running' AND j.lease_token = h.token
+), lockable AS (
+    SELECT j.id FROM {schema}.jobs AS j
+    WHERE j.id = ANY(ARRAY(SELECT id FROM held))
+    FOR UPDATE SKIP LOCKED
+), renewed AS (
+    UPDATE {schema}.jobs AS j
+    SET lease_expires_at = COALESCE(%(now)s::timestamptz, now())
+                           + %(lease_seconds)s * interval '1 second'
+    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS h(id, token)
+    WHERE j.id = ANY(ARRAY(SELECT id FROM lockable)) AND j.id = h.id
+      AND j.state = 'running' AND j.lease_token = h.token
+    RETURNING j.id
+)
+SELECT held.id, held.id IN (SELECT id FROM renewed) FROM held
+"""
+
 # --- workers registry and retention ------------------------------------------------------
 
 UPSERT_WORKER = """
@@ -459,6 +485,81 @@ SELECT id, hostname, pid, queues, concurrency, started_at, last_heartbeat_at,
        jobs_in_hand, executors_busy, alive
 FROM {schema}.worker_status
 ORDER BY started_at
+"""
+
+# This worker's row: inserted at start (so it shows at once, with its start time) and
+# refreshed with each heartbeat.
+REGISTER_WORKER = """
+INSERT INTO {schema}.workers AS w
+    (id, hostname, pid, queues, concurrency, lease_seconds, jobs_in_hand, executors_busy,
+     started_at, last_heartbeat_at)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s, %(lease_seconds)s,
+        %(jobs_in_hand)s, %(executors_busy)s,
+        COALESCE(%(now)s::timestamptz, now()), COALESCE(%(now)s::timestamptz, now()))
+ON CONFLICT (id) DO UPDATE SET
+    last_heartbeat_at = EXCLUDED.last_heartbeat_at,
+    jobs_in_hand = EXCLUDED.jobs_in_hand,
+    executors_busy = EXCLUDED.executors_busy
+"""
+
+# Retention, one bounded batch per statement (the maintenance service loops while a
+# batch comes back full). SKIP LOCKED: workers pruning at the same time share the rows
+# instead of queueing behind each other. Never touches jobs.
+PRUNE_HISTORY_BATCH = """
+WITH gone AS (
+    DELETE FROM {schema}.job_history
+    WHERE (minute, queue, task) IN (
+        SELECT minute, queue, task FROM {schema}.job_history
+        WHERE minute < COALESCE(%(now)s::timestamptz, now())
+                       - %(seconds)s::float8 * interval '1 second'
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING 1
+)
+SELECT count(*) FROM gone
+"""
+
+PRUNE_DEAD_LETTERS_BATCH = """
+WITH gone AS (
+    DELETE FROM {schema}.dead_letters
+    WHERE id IN (
+        SELECT id FROM {schema}.dead_letters
+        WHERE failed_at < COALESCE(%(now)s::timestamptz, now())
+                          - %(seconds)s::float8 * interval '1 second'
+        ORDER BY failed_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING 1
+)
+SELECT count(*) FROM gone
+"""
+
+PRUNE_WORKERS_BATCH = """
+WITH gone AS (
+    DELETE FROM {schema}.workers
+    WHERE id IN (
+        SELECT id FROM {schema}.workers
+        WHERE last_heartbeat_at < COALESCE(%(now)s::timestamptz, now())
+                                  - %(seconds)s::float8 * interval '1 second'
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING 1
+)
+SELECT count(*) FROM gone
+"""
+
+# Bounds every statement of the current transaction (maintenance runs each batch in a
+# transaction of its own); transaction-local, so safe behind PgBouncer.
+SET_LOCAL_STATEMENT_TIMEOUT = """
+SELECT set_config('statement_timeout', %(ms)s, true)
+"""
+
+# The listener's self-ping (and any other notification on the schema's channel).
+NOTIFY_CHANNEL = """
+SELECT pg_notify(%(channel)s, %(payload)s)
 """
 
 # --- dead letters -------------------------------------------------------------------------
@@ -617,6 +718,18 @@ PERIODIC_GET = """
 SELECT name, cron, timezone, args::text, task, queue, priority, max_attempts, active
 FROM {schema}.cron_schedules
 WHERE name = %(name)s
+"""
+
+# --- pgjobs work --processes: the server's free connections ------------------------------
+# max_connections, what is reserved (superusers; PostgreSQL 16+ also reserved_connections,
+# NULL before), and the client connections open now other than this one (background
+# processes do not count against max_connections). No schema: a server-wide question.
+SERVER_CONNECTIONS = """
+SELECT current_setting('max_connections')::int,
+       current_setting('superuser_reserved_connections')::int
+           + COALESCE(NULLIF(current_setting('reserved_connections', true), '')::int, 0),
+       (SELECT count(*) FROM pg_stat_activity
+        WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())::int
 """
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 import pgjobs
+from pgjobs.worker.settings import CONNECTION_ROLES, internal_connections
 
 from .conftest import count
 from .workers import wait_until
@@ -78,7 +80,9 @@ def test_a_pooled_connection_that_died_idle_does_not_cost_a_job_an_attempt(pg_ur
                 "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
                 [worker._application_name])]
 
-        wait_until(lambda: len(backends()) == 3, 10, message="fetch, complete and listen")
+        own = internal_connections(poll_only=False)
+        wait_until(lambda: len(backends()) == own, 10,
+                   message=f"the worker's {own} own connections: {CONNECTION_ROLES}")
         before = set(backends())
         with psycopg.connect(pg_url) as conn:
             query.enqueue(conn)
@@ -100,3 +104,61 @@ def test_a_pooled_connection_that_died_idle_does_not_cost_a_job_an_attempt(pg_ur
     finally:
         worker.stop()
         thread.join(30)
+
+
+def test_a_retention_prune_longer_than_the_lease_does_not_get_live_jobs_rescued(
+        pg_url, schema, db):
+    # Maintenance (rescue, retention) has its own thread and connection: while its
+    # statement waits (here on a table lock, three lease periods long), the heartbeat
+    # keeps renewing. When maintenance shared the completer's thread, renewals stopped
+    # and the live job's lease expired under it.
+    app = pgjobs.App(pg_url, schema=schema)
+    release = threading.Event()
+    runs: list[int] = []
+
+    @app.task(name="lease.live")
+    def live() -> None:
+        runs.append(1)
+        release.wait(60)
+
+    dead_letters = sql.Identifier(schema, "dead_letters")
+    db.execute(sql.SQL(
+        "INSERT INTO {} (job_id, queue, task, args, attempts, max_attempts, error, "
+        "created_at, failed_at) VALUES (1, 'q', 't', '{{}}', 1, 1, 'old', now(), "
+        "now() - interval '2 days')").format(dead_letters))
+    with psycopg.connect(pg_url) as conn:
+        job_id = live.enqueue(conn)
+        conn.commit()
+    worker = app.worker(concurrency=1, install_signal_handlers=False, lease_timeout=1.0,
+                        dead_letter_retention=86400, retention_delay=0.0)
+    lease = sql.SQL("SELECT lease_expires_at > clock_timestamp(), lease_expires_at FROM {} "
+                    "WHERE id = %s").format(sql.Identifier(schema, "jobs"))
+    with psycopg.connect(pg_url) as locker:
+        locker.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(dead_letters))
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            wait_until(lambda: runs, 30, message="the job running")
+            wait_until(lambda: db.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = %s "
+                "AND wait_event_type = 'Lock'", [worker._application_name]).fetchone(), 30,
+                message="maintenance blocked on the lock")
+            renewals: set[Any] = set()
+            window_end = time.monotonic() + 3.0  # three lease periods
+            pacer = threading.Event()
+            while time.monotonic() < window_end and not pacer.wait(0.02):  # sampling
+                row = db.execute(lease, [job_id]).fetchone()
+                assert row is not None and row[0], "the live job's lease expired"
+                renewals.add(row[1])
+            assert len(renewals) >= 6, sorted(renewals)
+        finally:
+            locker.rollback()
+            release.set()
+        try:
+            wait_until(lambda: count(db, schema, "jobs") == 0, 30, message="job done")
+            wait_until(lambda: count(db, schema, "dead_letters") == 0, 30,
+                       message="the prune done once the lock went")
+        finally:
+            worker.stop()
+            thread.join(30)
+    assert runs == [1] and worker.stats.lost_leases == 0 and worker.stats.rescued == 0

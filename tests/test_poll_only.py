@@ -7,6 +7,7 @@ import threading
 import psycopg
 
 import pgjobs
+from pgjobs.worker.settings import connection_roles
 
 from .conftest import count
 from .workers import wait_until
@@ -34,8 +35,8 @@ def test_poll_only_worker_processes_jobs_without_listen_or_prepared_claims(pg_ur
         backends = db.execute(
             "SELECT backend_type, query FROM pg_stat_activity WHERE application_name = %s",
             [worker._application_name]).fetchall()
-        # Fetch and complete only (the jobs borrow no pooled connection): no LISTEN one.
-        assert len(backends) == 2, backends
+        # Its own connections only (the jobs borrow no pooled connection): no LISTEN one.
+        assert len(backends) == len(connection_roles(poll_only=True)) == 4, backends
         assert not [q for _, q in backends if q.lstrip().upper().startswith("LISTEN")], backends
         assert not worker._fetch_conn.prepare_statements
         assert not worker._complete_conn.prepare_statements

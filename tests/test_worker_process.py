@@ -11,6 +11,7 @@ import pytest
 from psycopg import sql
 
 import pgjobs
+from pgjobs.worker.settings import CONNECTION_ROLES, internal_connections
 
 from .apps import sample
 from .conftest import cli_env, count, run_cli
@@ -286,7 +287,10 @@ def test_pool_size_refusal_states_the_numbers(pg_url, schema):
     assert result.returncode == 2
     line = result.stderr.strip()
     assert "\n" not in line and "Traceback" not in line
-    assert "pool size 5" in line and "concurrency 10" in line and "--pool-size 13" in line
+    smallest = 10 + internal_connections(poll_only=False)
+    assert "pool size 5" in line and "concurrency 10" in line
+    assert f"--pool-size {smallest} " in line
+    assert ", ".join(CONNECTION_ROLES) in line  # the same roles `pgjobs work --help` names
 
 
 def test_unknown_app_is_a_one_line_error(pg_url, schema):

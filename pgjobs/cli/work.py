@@ -13,11 +13,14 @@ from typing import Annotated, Any
 import typer
 
 from ..app import App
-from ..worker.runtime import (
+from ..logformat import formatter
+from ..worker.settings import (
+    CONNECTION_ROLES,
     DEFAULT_CONCURRENCY,
     DEFAULT_LEASE_TIMEOUT,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_WAIT_FOR_DATABASE,
     INTERNAL_CONNECTIONS,
     POOL_HEADROOM,
 )
@@ -55,15 +58,18 @@ def load_app(spec: str) -> App:
     return obj
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, log_format: str = "text") -> None:
     """Log lines to stderr; Alembic and the pool only when something is wrong."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         fail(f"--log-level must be one of debug, info, warning, error; got {level!r}")
-    logging.basicConfig(
-        level=numeric, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        chosen = formatter(log_format)
+    except ValueError as exc:
+        fail(str(exc))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(chosen)
+    logging.basicConfig(level=numeric, handlers=[handler])
     for noisy in ("alembic", "psycopg.pool"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
 
@@ -121,9 +127,10 @@ def work(
         "combines with --queues.", show_default=False)] = None,
     pool_size: Annotated[int | None, typer.Option(
         help=f"Connections this worker may open in all. Default: concurrency + "
-             f"{INTERNAL_CONNECTIONS} of pgjobs' own (fetch; complete, heartbeat and rescue; "
-             f"listen) + {POOL_HEADROOM} headroom. Refuses to start if smaller than "
-             f"concurrency + {INTERNAL_CONNECTIONS}.", show_default=False)] = None,
+             f"{INTERNAL_CONNECTIONS} of pgjobs' own ({', '.join(CONNECTION_ROLES)}) + "
+             f"{POOL_HEADROOM} headroom. Refuses to start if smaller than concurrency + "
+             f"{INTERNAL_CONNECTIONS} (+ {INTERNAL_CONNECTIONS - 1} with --poll-only).",
+        show_default=False)] = None,
     shutdown_timeout: Annotated[float, typer.Option(
         help="Seconds running jobs get to finish after SIGTERM before they are returned "
              "to pending.")] = DEFAULT_SHUTDOWN_TIMEOUT,
@@ -145,10 +152,17 @@ def work(
     dead_letter_retention: Annotated[str, typer.Option(
         help="Delete dead letters older than this (0: keep forever).")] = "30d",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_format: Annotated[str, typer.Option(
+        help="text, or json: one object per line with time, level, logger, message and "
+             "the job fields (job_id, task, attempt, error).")] = "text",
+    wait_for_database: Annotated[float, typer.Option(
+        help="Seconds to keep retrying an unreachable database at start (a container "
+             "starting before PostgreSQL) before giving up with exit 2.")
+    ] = DEFAULT_WAIT_FOR_DATABASE,
 ) -> None:
     """Run a fixed pool of workers for APP until SIGTERM/SIGINT, then drain cleanly."""
     startup = StartupSignals()  # first: loading the App below may take a while
-    configure_logging(log_level)
+    configure_logging(log_level, log_format)
     retention = (parse_duration(history_retention, "--history-retention"),
                  parse_duration(dead_letter_retention, "--dead-letter-retention"))
     the_app = load_app(app)
@@ -166,6 +180,7 @@ def work(
         shutdown_timeout=shutdown_timeout, lease_timeout=lease_timeout,
         poll_interval=poll_interval, poll_only=poll_only,
         history_retention=retention[0], dead_letter_retention=retention[1],
+        wait_for_database=wait_for_database,
     )
     startup.attach(worker)
     worker.run()

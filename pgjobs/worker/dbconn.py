@@ -144,6 +144,17 @@ class ResilientConnection:
             pass
         return True
 
+    def cancel_running(self) -> None:
+        """Called from another thread: cancel the statement running now, if any."""
+        conn = self._conn
+        if self._busy_since is None or conn is None or conn.closed:
+            return
+        try:
+            conn.cancel_safe(timeout=2.0)
+        except Exception:
+            log.debug("%s connection: could not cancel its statement", self.name,
+                      exc_info=True)
+
     def discard(self) -> None:
         """Drop the connection (it will be re-made on next use)."""
         conn, self._conn = self._conn, None

@@ -1,7 +1,7 @@
 """The executor pool: a fixed number of threads running handlers, with deadlines.
 
-Python cannot kill a thread. When a job passes its ``timeout``, the watchdog (run by the
-completer every few milliseconds) records the attempt as failed, asks the thread to stop
+Python cannot kill a thread. When a job passes its ``timeout``, the watchdog (a thread
+of the pool, every few milliseconds) records the attempt as failed, asks the thread to stop
 by raising ``JobTimeout`` inside it (this interrupts Python code, not a blocking C call
 such as ``time.sleep`` or a socket read), and starts a replacement thread for the slot,
 so capacity stays at ``concurrency``. The abandoned thread's eventual result is
@@ -17,7 +17,6 @@ import json
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from ..context import JobContext, reset_current, set_current
 from ..errors import JobTimeout
 from ..retry import is_permanent, retry_delay
 from ..tracing import TracingSwitch, end_process_span, get_tracer, process_span
+from .clock import Clock
 from .errortext import format_error
 from .jobs import ClaimedJob, Outcome, Result
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgjobs.worker")
 
 STOP = None  # sentinel in the job buffer: one per executor thread on shutdown
+WATCHDOG_INTERVAL = 0.05
 __all__ = ["ExecutorPool", "JobTimeout", "format_error"]
 
 
@@ -73,9 +74,11 @@ class ExecutorPool:
         report: Callable[[Result], None],
         borrow: Callable[[], AbstractContextManager[psycopg.Connection[Any]]],
         worker_name: str,
+        clock: Clock,
         tracer_provider: Any = None,
     ) -> None:
         self._app = app
+        self._clock = clock
         self._tracing = TracingSwitch(tracer_provider)
         self._tracer = get_tracer(tracer_provider)
         self._buffer = buffer
@@ -85,12 +88,27 @@ class ExecutorPool:
         self._slots = [_Slot(i) for i in range(concurrency)]
         self._signatures: dict[str, _Signature | None] = {}
         self.abandoned_threads = 0
+        self._watchdog_stop = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch_deadlines, daemon=True,
+                                          name="pgjobs-watchdog")
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
         for slot in self._slots:
             self._spawn(slot)
+        self._watchdog.start()
+
+    def stop_watchdog(self) -> None:
+        """After the last job: no deadline left to watch."""
+        self._watchdog_stop.set()
+
+    def _watch_deadlines(self) -> None:
+        while not self._watchdog_stop.wait(WATCHDOG_INTERVAL):
+            try:
+                self.check_deadlines()
+            except Exception:
+                log.exception("watchdog: unexpected error")
 
     def _spawn(self, slot: _Slot) -> None:
         generation = slot.generation
@@ -111,7 +129,7 @@ class ExecutorPool:
         for slot in self._slots:
             thread = slot.thread
             if thread is not None:
-                thread.join(max(0.0, deadline - time.monotonic()))
+                thread.join(max(0.0, deadline - self._clock.monotonic()))
         return not self.running_jobs()
 
     def running_jobs(self) -> list[ClaimedJob]:
@@ -171,8 +189,8 @@ class ExecutorPool:
 
     def _run(self, slot: _Slot, generation: int, job: ClaimedJob) -> Result:
         task = self._app.tasks.get(job.task)
-        started = time.monotonic()
-        pickup = time.time() - job.due_epoch
+        started = self._clock.monotonic()
+        pickup = self._clock.wall() - job.due_epoch
         timeout = task.timeout if task is not None else None
         running = _Running(job, started, started + timeout if timeout else None)
         with slot.lock:
@@ -212,12 +230,12 @@ class ExecutorPool:
             if inspect.isawaitable(outcome):
                 asyncio.run(_await(outcome))
         except JobTimeout as exc:
-            return self._timeout_result(job, timeout or 0.0, time.monotonic() - started), exc
+            return self._timeout_result(job, timeout or 0.0, self._clock.monotonic() - started), exc
         except BaseException as exc:
-            return self.failure(job, exc, time.monotonic() - started), exc
+            return self.failure(job, exc, self._clock.monotonic() - started), exc
         finally:
             reset_current(token)
-        return Result(job, Outcome.SUCCEEDED, duration=time.monotonic() - started), None
+        return Result(job, Outcome.SUCCEEDED, duration=self._clock.monotonic() - started), None
 
     @contextmanager
     def _borrow_tracked(self, running: _Running) -> Iterator[psycopg.Connection[Any]]:
@@ -255,7 +273,7 @@ class ExecutorPool:
 
     def check_deadlines(self) -> None:
         """Watchdog: fail jobs past their timeout and give their slot a fresh thread."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         for slot in self._slots:
             with slot.lock:
                 running = slot.current

@@ -8,20 +8,17 @@ free capacity (executors + prefetch buffer), so executors rarely wait on a round
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import queue
 import random
 import threading
-import time
-from typing import Any
 
-import psycopg
-
-from ..sql import Statements
+from ..store import ClaimedJob, Conn, JobStore
+from .clock import Clock
 from .dbconn import ResilientConnection
 from .inhand import InHand
-from .jobs import ClaimedJob
+from .service import ThreadService
+from .settings import WorkerSettings
 
 log = logging.getLogger("pgjobs.worker")
 
@@ -32,35 +29,37 @@ POLL_JITTER = 0.2
 MAX_UNWRITTEN_BACKLOG = 1000
 
 
-class Fetcher:
+class Fetcher(ThreadService):
     """Claims jobs for ``capacity`` slots (executors plus prefetch)."""
+
+    name = "fetcher"
 
     def __init__(
         self,
-        sql: Statements,
+        store: JobStore,
         conn: ResilientConnection,
+        clock: Clock,
+        settings: WorkerSettings,
         *,
-        queues: list[str] | None,
-        capacity: int,
+        worker_id: str,
         buffer: queue.SimpleQueue[ClaimedJob | None],
         in_hand: InHand,
-        lease_seconds: float,
-        worker_id: str,
-        poll_interval: float,
-        stopping: threading.Event,
+        stopping: threading.Event | None = None,
     ) -> None:
-        self._sql = sql
+        super().__init__(stopping)
+        self._store = store
         self._conn = conn
-        self._queues = queues
-        self._capacity = capacity
+        self._clock = clock
+        self._queues = settings.queues
+        capacity = self._capacity = settings.capacity
         # Wait for a few free slots before claiming again, so claims stay batched.
         self._min_batch = max(1, capacity // 4)
         self._buffer = buffer
         self._in_hand = in_hand
-        self._lease_seconds = lease_seconds
+        self._lease_seconds = settings.lease_timeout
         self._worker_id = worker_id
-        self._poll_interval = poll_interval
-        self._stopping = stopping
+        self._poll_interval = settings.poll_interval
+        self._stopping = self.stopping
         self._cv = threading.Condition()
         # Executors plus prefetch: jobs claimed and not yet finished running.
         self._unfinished = 0
@@ -70,7 +69,6 @@ class Fetcher:
         self._more_likely = True  # claim at start-up
         self._next_poll = 0.0
         self.claims = 0
-        self.thread = threading.Thread(target=self._loop, name="pgjobs-fetcher", daemon=True)
 
     # --- signals from the other parts ----------------------------------------------------
 
@@ -112,6 +110,8 @@ class Fetcher:
                 self._cv.notify()
 
     def stop(self) -> None:
+        """Stop claiming (the loop exits at once, even while waiting for capacity)."""
+        super().stop()
         with self._cv:
             self._cv.notify()
 
@@ -122,12 +122,12 @@ class Fetcher:
 
     # --- the loop ------------------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def loop(self) -> None:
         while not self._stopping.is_set():
             try:
                 wanted = self._wait_for_capacity_and_reason()
                 if wanted:
-                    self._claim(wanted)
+                    self.claim(wanted)
             except Exception:
                 log.exception("fetcher: unexpected error; retrying in 1s")
                 self._stopping.wait(1.0)
@@ -137,7 +137,7 @@ class Fetcher:
         with self._cv:
             while not self._stopping.is_set():
                 free = self._free()
-                now = time.monotonic()
+                now = self._clock.monotonic()
                 if free >= self._min_batch or (free > 0 and self._unfinished == 0):
                     if self._more_likely or now >= self._next_poll:
                         self._more_likely = False
@@ -147,28 +147,17 @@ class Fetcher:
                     self._cv.wait(self._poll_interval)
         return 0
 
-    def _claim(self, wanted: int) -> None:
-        params: dict[str, Any] = {
-            "now": None, "limit": wanted, "lease_seconds": self._lease_seconds,
-            "worker_id": self._worker_id,
-        }
-        if self._queues is None:
-            statement = self._sql.CLAIM_ANY_QUEUE
-        else:
-            statement = self._sql.CLAIM_QUEUES
-            params["queues"] = self._queues
+    def claim(self, wanted: int) -> None:
+        """Claim up to ``wanted`` jobs into the buffer now (the loop decides when)."""
+        def claim(conn: Conn) -> list[ClaimedJob]:
+            return self._store.claim(conn, limit=wanted, lease_seconds=self._lease_seconds,
+                                     worker_id=self._worker_id, queues=self._queues,
+                                     now=self._clock.sql_now())
 
-        def claim(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
-            # Prepared: saves planning on every claim (most of an idle pickup's round
-            # trip); not with --poll-only, the PgBouncer-in-transaction-mode setting.
-            prepare = self._conn.prepare_statements
-            return conn.execute(statement, params, prepare=prepare).fetchall()
-
-        rows = self._conn.run(claim)
-        if rows is None:  # stopping while the database was unreachable
+        jobs = self._conn.run(claim)
+        if jobs is None:  # stopping while the database was unreachable
             return
         self.claims += 1
-        jobs = [ClaimedJob.from_row(row) for row in rows]
         # Claim order is not row order (UPDATE … RETURNING); run by priority, then due time.
         jobs.sort(key=lambda j: (-j.priority, j.due_epoch, j.id))
         if jobs:
@@ -187,16 +176,9 @@ class Fetcher:
     def _schedule_next_poll(self) -> None:
         """Sleep until the fallback poll, or until the next scheduled job is due."""
         delay = self._poll_interval * random.uniform(1 - POLL_JITTER, 1 + POLL_JITTER)
-        params: dict[str, Any] = {"now": None}
-        if self._queues is None:
-            statement = self._sql.NEXT_DUE_ANY_QUEUE
-        else:
-            statement = self._sql.NEXT_DUE_QUEUES
-            params["queues"] = self._queues
-        prepare = self._conn.prepare_statements
-        row = self._conn.run(
-            lambda conn: conn.execute(statement, params, prepare=prepare).fetchone())
-        if row is not None and isinstance(row[0], dt.timedelta):
-            delay = max(0.0, min(delay, row[0].total_seconds()))
+        due_in = self._conn.run(lambda conn: self._store.seconds_until_next_due(
+            conn, queues=self._queues, now=self._clock.sql_now()))
+        if due_in is not None:
+            delay = max(0.0, min(delay, due_in))
         with self._cv:
-            self._next_poll = time.monotonic() + delay
+            self._next_poll = self._clock.monotonic() + delay

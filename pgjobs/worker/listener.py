@@ -1,25 +1,30 @@
 """LISTEN/NOTIFY: wake the fetcher when jobs are enqueued on our queues.
 
-The connection is checked, not trusted: the completer sends a ping NOTIFY every few
-seconds and the listener expects to hear it back. A LISTEN connection that stops
-delivering (server restart, a proxy silently dropping packets) is noticed within
-``ping_timeout``, replaced, and meanwhile the fetcher keeps polling.
+The connection is checked, not trusted: the maintenance service sends a ping NOTIFY
+(the :class:`ListenerPing` plugin) every few seconds and the listener expects to hear it
+back. A LISTEN connection that stops delivering (server restart, a proxy silently
+dropping packets) is noticed within ``ping_timeout``, replaced, and meanwhile the
+fetcher keeps polling.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import threading
-import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from ..config import redact_text
-from ..sql import Statements
+from ..store import JobStore
+from .clock import Clock
 from .dbconn import CONNECTION_ERRORS, KEEPALIVE_OPTIONS
+from .service import ThreadService
+from .settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from .maintenance import MaintenanceSession
 
 log = logging.getLogger("pgjobs.worker")
 
@@ -30,43 +35,44 @@ class ListenerDead(Exception):
     """The LISTEN connection stopped delivering our own pings."""
 
 
-class Listener:
+class Listener(ThreadService):
     """Owns the LISTEN connection; calls ``on_wake`` for notifications on our queues."""
+
+    name = "listener"
 
     def __init__(
         self,
-        sql: Statements,
+        store: JobStore,
         url: str,
+        clock: Clock,
+        settings: WorkerSettings,
         *,
-        queues: list[str] | None,
-        on_wake: Callable[[], None],
-        stopping: threading.Event,
         worker_id: str,
-        ping_timeout: float,
+        on_wake: Callable[[], None],
         application_name: str,
     ) -> None:
-        self._sql = sql
+        super().__init__()
+        self._store = store
         self._url = url
-        self._queues = set(queues) if queues is not None else None
+        self._clock = clock
+        self._queues = set(settings.queues) if settings.queues is not None else None
         self._on_wake = on_wake
-        self._stopping = stopping
-        self._ping_payload = f"{PING_PREFIX}{worker_id}"
-        self._ping_timeout = ping_timeout
+        self._stopping = self.stopping
+        self.ping_payload = f"{PING_PREFIX}{worker_id}"
+        self._ping_timeout = settings.ping_timeout
         self._application_name = application_name
         self._ping_sent_at: float | None = None
         self._ping_heard_at = 0.0
         self.healthy = False
         self.reconnects = 0
         self.conn: psycopg.Connection[Any] | None = None
-        self.thread = threading.Thread(target=self._loop, name="pgjobs-listener", daemon=True)
 
-    def send_ping(self, conn: psycopg.Connection[Any]) -> None:
-        """Called by the completer on its own connection."""
+    def ping_sent(self) -> None:
+        """The maintenance service is about to send our ping."""
         if self._ping_sent_at is None or self._ping_heard_at >= self._ping_sent_at:
-            self._ping_sent_at = time.monotonic()
-        conn.execute("SELECT pg_notify(%s, %s)", [self._sql.channel, self._ping_payload])
+            self._ping_sent_at = self._clock.monotonic()
 
-    def _loop(self) -> None:
+    def loop(self) -> None:
         failures = 0
         while not self._stopping.is_set():
             try:
@@ -92,7 +98,7 @@ class Listener:
         self.conn = psycopg.connect(self._url, autocommit=True,
                                     application_name=self._application_name,
                                     **KEEPALIVE_OPTIONS)
-        self.conn.execute(self._sql.listen)
+        self.conn.execute(self._store.sql.listen)
         if self.reconnects:
             log.info("LISTEN connection re-established")
         self.reconnects += 1
@@ -103,13 +109,13 @@ class Listener:
             for note in self.conn.notifies(timeout=0.25):
                 payload = note.payload
                 if payload.startswith(PING_PREFIX):
-                    if payload == self._ping_payload:
-                        self._ping_heard_at = time.monotonic()
+                    if payload == self.ping_payload:
+                        self._ping_heard_at = self._clock.monotonic()
                 elif self._queues is None or payload in self._queues:
                     self._on_wake()
             sent = self._ping_sent_at
             if (sent is not None and self._ping_heard_at < sent
-                    and time.monotonic() - sent > self._ping_timeout):
+                    and self._clock.monotonic() - sent > self._ping_timeout):
                 raise ListenerDead(f"no ping heard back for {self._ping_timeout:g}s")
 
     def _close(self) -> None:
@@ -119,3 +125,18 @@ class Listener:
                 conn.close()
             except Exception:
                 pass
+
+
+class ListenerPing:
+    """Maintenance plugin: NOTIFY our own ping, which the listener must hear back."""
+
+    name = "listener ping"
+    first_delay = 0.0
+
+    def __init__(self, listener: Listener, interval: float) -> None:
+        self._listener = listener
+        self.interval = interval
+
+    def run(self, session: MaintenanceSession) -> None:
+        self._listener.ping_sent()
+        session.store.notify(session.conn, self._listener.ping_payload)

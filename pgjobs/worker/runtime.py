@@ -1,13 +1,23 @@
-"""The worker runtime: wiring, run/stop, signals and the shutdown sequence.
+"""The worker runtime: builds the services, runs them, and owns the shutdown sequence.
+
+Services (each a thread; see docs/architecture.md for the picture):
+
+- ``fetcher``     claims due jobs into the buffer            (connection "fetch")
+- ``executors``   N handler threads + the deadline watchdog  (handlers borrow from the pool)
+- ``completer``   writes outcomes in batches                 (connection "complete")
+- ``heartbeat``   renews leases, then the ``workers`` row    (connection "heartbeat")
+- ``maintenance`` plugins: rescue, retention, listener ping  (connection "maintenance")
+- ``listener``    LISTEN, wakes the fetcher                  (connection "listen")
 
 Shutdown (SIGTERM, SIGINT or ``stop()``):
-  1. stop claiming (fetcher and listener exit);
+  1. stop claiming (fetcher, listener, maintenance, periodic scheduler stop);
   2. hand jobs that were claimed but not started back to ``pending``, uncharged;
-  3. let running jobs finish, up to ``shutdown_timeout``;
+  3. let running jobs finish, up to ``shutdown_timeout`` (leases still renewed);
   4. hand jobs still running after that back to ``pending``, uncharged (their threads are
      abandoned; a late result is ignored because the lease token no longer matches);
-  5. flush every outcome, close connections, return. A second signal exits at once
-     (non-zero); the leases of whatever was in hand then expire and are rescued.
+  5. flush every outcome, stop the heartbeat, remove the ``workers`` row, return. A second
+     signal exits at once (non-zero); the leases of whatever was in hand then expire and
+     are rescued.
 """
 
 from __future__ import annotations
@@ -19,107 +29,102 @@ import secrets
 import signal
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from ..config import describe_connect_error
 from ..errors import ConfigurationError, SchemaMissingError
 from ..metrics import WorkerInstruments
-from .completer import Completer, WorkerStats
-from .dbconn import ResilientConnection
+from ..store import JobStore
+from .clock import Clock, SystemClock
+from .completer import Completer
+from .dbconn import CONNECTION_ERRORS, ResilientConnection
 from .executor import ExecutorPool
 from .fetcher import Fetcher
+from .heartbeat import Heartbeat
 from .inhand import InHand
 from .jobs import ClaimedJob, Outcome, Result
-from .listener import Listener
+from .listener import Listener, ListenerPing
+from .maintenance import MaintenanceService, Plugin, Rescue, Retention
+from .settings import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DEAD_LETTER_RETENTION,
+    DEFAULT_HISTORY_RETENTION,
+    DEFAULT_LEASE_TIMEOUT,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_WAIT_FOR_DATABASE,
+    INTERNAL_CONNECTIONS,
+    POOL_HEADROOM,
+    WorkerSettings,
+    default_pool_size,
+    internal_connections,
+)
+from .stats import WorkerStats
 
 if TYPE_CHECKING:
     from ..app import App
 
+__all__ = [
+    "DEFAULT_CONCURRENCY", "DEFAULT_DEAD_LETTER_RETENTION", "DEFAULT_HISTORY_RETENTION",
+    "DEFAULT_LEASE_TIMEOUT", "DEFAULT_POLL_INTERVAL", "DEFAULT_SHUTDOWN_TIMEOUT",
+    "DEFAULT_WAIT_FOR_DATABASE", "INTERNAL_CONNECTIONS", "POOL_HEADROOM", "Worker",
+    "default_pool_size", "internal_connections",
+]
+
 log = logging.getLogger("pgjobs.worker")
 
-#: pgjobs' own connections: fetch (claims), complete (outcomes, heartbeat, rescue), listen.
-INTERNAL_CONNECTIONS = 3
-POOL_HEADROOM = 2
-DEFAULT_CONCURRENCY = 10
-DEFAULT_SHUTDOWN_TIMEOUT = 30.0
-DEFAULT_LEASE_TIMEOUT = 30.0
-DEFAULT_POLL_INTERVAL = 2.0
 STALL_TIMEOUT = 10.0  # an internal statement unanswered this long: drop the connection
-DEFAULT_HISTORY_RETENTION = 7 * 86400.0  # job_history rows (per-minute counts)
-DEFAULT_DEAD_LETTER_RETENTION = 30 * 86400.0
-
-
-def internal_connections(poll_only: bool) -> int:
-    """Connections the worker opens for itself (not for handlers)."""
-    return INTERNAL_CONNECTIONS - (1 if poll_only else 0)
-
-
-def default_pool_size(concurrency: int, poll_only: bool = False) -> int:
-    """Executors + pgjobs' own connections + a little headroom for handlers."""
-    return concurrency + internal_connections(poll_only) + POOL_HEADROOM
 
 
 class Worker:
-    """A fixed pool of executors serving an App's tasks. See the module doc for shutdown."""
+    """A fixed pool of executors serving an App's tasks. See the module doc.
+
+    Embedding (tests, adapters, notebooks): run ``run()`` in a thread, wait with
+    ``wait_started(timeout)``, read ``stats`` (counted when outcomes are *written*) or set
+    ``on_outcomes`` to a callable receiving each flushed batch of :class:`Result`, and
+    call ``stop()``. ``run()`` waits up to ``wait_for_database`` seconds for an
+    unreachable database before it gives up with one clear line.
+    """
 
     def __init__(
         self,
         app: App,
         *,
-        concurrency: int = DEFAULT_CONCURRENCY,
-        queues: Iterable[str] | None = None,
-        pool_size: int | None = None,
-        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-        lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
-        poll_interval: float = DEFAULT_POLL_INTERVAL,
-        poll_only: bool = False,
-        prefetch: int | None = None,
-        ping_interval: float = 5.0,
-        ping_timeout: float = 10.0,
-        history_retention: float | None = DEFAULT_HISTORY_RETENTION,
-        dead_letter_retention: float | None = DEFAULT_DEAD_LETTER_RETENTION,
         install_signal_handlers: bool = True,
+        clock: Clock | None = None,
+        **options: Any,
     ) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError(
-                f"concurrency must be a whole number >= 1, got {concurrency!r}")
-        internal = internal_connections(poll_only)
-        size = default_pool_size(concurrency, poll_only) if pool_size is None else pool_size
-        if concurrency + internal > size:
-            raise ConfigurationError(
-                f"pool size {size} is too small for concurrency {concurrency}: the worker "
-                f"needs {concurrency} connections for handlers plus {internal} of its own "
-                f"(fetch, complete{', listen' if not poll_only else ''}); use --pool-size "
-                f"{concurrency + internal} or more, or lower --concurrency"
-            )
-        for name, value in (("shutdown_timeout", shutdown_timeout),
-                            ("lease_timeout", lease_timeout), ("poll_interval", poll_interval)):
-            if not value > 0:
-                raise ConfigurationError(f"{name} must be a positive number of seconds")
+        settings = self.settings = WorkerSettings.build(**options)
         self.app = app
-        self.concurrency = concurrency
-        self.queues = sorted(set(queues)) if queues else None
-        self.pool_size = size
-        self.shutdown_timeout = float(shutdown_timeout)
-        self.lease_timeout = float(lease_timeout)
-        self.poll_interval = float(poll_interval)
-        self.poll_only = poll_only
-        self.prefetch = min(concurrency, 100) if prefetch is None else max(0, prefetch)
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
+        self.clock: Clock = clock or SystemClock()
         self.install_signal_handlers = install_signal_handlers
-        # None or 0: keep forever.
-        self.history_retention = history_retention or None
-        self.dead_letter_retention = dead_letter_retention or None
+        # The settings, as attributes (read by the CLI, the demo and tests).
+        self.concurrency = settings.concurrency
+        self.queues = list(settings.queues) if settings.queues is not None else None
+        self.pool_size = settings.pool_size
+        self.shutdown_timeout = settings.shutdown_timeout
+        self.lease_timeout = settings.lease_timeout
+        self.poll_interval = settings.poll_interval
+        self.poll_only = settings.poll_only
+        self.prefetch = settings.prefetch
+        self.history_retention = settings.history_retention
+        self.dead_letter_retention = settings.dead_letter_retention
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._application_name = f"pgjobs worker {self.id}"[:63]
         self.stats = WorkerStats()
+        #: Set once every service runs and the ``workers`` row exists.
         self.started = threading.Event()
+        #: Set when ``run()`` is about to return.
         self.stopped = threading.Event()
+        #: Called by the completer after each flush with that batch's results (their
+        #: outcomes are written, or were found to have lost their lease).
+        self.on_outcomes: Callable[[list[Result]], None] | None = None
+        self.plugins: list[Plugin] = []  # extra maintenance plugins, added before run()
         self._stop_requested = threading.Event()
         self._signals = 0
         self._handler_pool: Any = None
@@ -127,8 +132,9 @@ class Worker:
         self.fetcher: Fetcher | None = None
         self.listener: Listener | None = None
         self.completer: Completer | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.maintenance: MaintenanceService | None = None
         self.executors: ExecutorPool | None = None
-        self.on_outcomes: Callable[[list[Result]], None] | None = None
         self.periodic: Any = None  # pgjobs.periodic_scheduler.PeriodicScheduler, if any
 
     # --- public --------------------------------------------------------------------------
@@ -137,17 +143,28 @@ class Worker:
         """Begin the graceful shutdown (same as SIGTERM); ``run()`` returns when done."""
         self._stop_requested.set()
 
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Block until the worker serves jobs (True), it stopped, or ``timeout`` passed."""
+        deadline = None if timeout is None else self.clock.monotonic() + timeout
+        while not self.started.wait(0.05):
+            if self.stopped.is_set():
+                return False
+            if deadline is not None and self.clock.monotonic() >= deadline:
+                return False
+        return True
+
     def run(self) -> None:
         """Serve jobs until ``stop()`` or SIGTERM/SIGINT, then drain and return."""
-        url = self.app.database_url
-        self._check_schema(url)
         restore = self._install_signals()
-        if self._stop_requested.is_set():  # stop() (or a signal) before it started
-            log.info("worker stopped before it started: nothing was claimed")
-            restore()
-            self.stopped.set()
-            return
         try:
+            url = self.app.database_url
+            if not self._wait_for_database(url):
+                log.info("worker stopped before it started: nothing was claimed")
+                return
+            self._check_schema(url)
+            if self._stop_requested.is_set():  # stop() (or a signal) before it started
+                log.info("worker stopped before it started: nothing was claimed")
+                return
             self._start(url)
             log.info("worker %s: %d executors on %s, pool %d connections, schema %r",
                      self.id, self.concurrency,
@@ -163,16 +180,38 @@ class Worker:
 
     # --- start ---------------------------------------------------------------------------
 
+    def _wait_for_database(self, url: str) -> bool:
+        """Retry connecting for up to ``wait_for_database`` s; False if stopped first."""
+        deadline = self.clock.monotonic() + self.settings.wait_for_database
+        delay = 0.1
+        while True:
+            try:
+                with psycopg.connect(url, autocommit=True, connect_timeout=5):
+                    return True
+            except psycopg.ProgrammingError as exc:  # a malformed URL: waiting cannot help
+                raise ConfigurationError(describe_connect_error(exc, url)) from exc
+            except CONNECTION_ERRORS as exc:
+                left = deadline - self.clock.monotonic()
+                if left <= 0:
+                    raise ConfigurationError(
+                        describe_connect_error(exc, url)
+                        + f" (waited {self.settings.wait_for_database:g}s: "
+                        "--wait-for-database)") from exc
+                if delay == 0.1:
+                    log.info("database not reachable yet; retrying for up to %.0fs",
+                             max(left, 0.0))
+                if self._stop_requested.wait(min(delay, max(left, 0.0))):
+                    return False
+                delay = min(delay * 2, 1.0)
+
     def _check_schema(self, url: str) -> None:
+        store = JobStore(self.app.sql)
         try:
             with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-                row = conn.execute(self.app.sql.SCHEMA_EXISTS,
-                                   {"jobs_table": self.app.sql.jobs_table}).fetchone()
+                exists = store.schema_exists(conn)
         except psycopg.OperationalError as exc:
-            from ..config import describe_connect_error
-
             raise ConfigurationError(describe_connect_error(exc, url)) from exc
-        if not row or not row[0]:
+        if not exists:
             raise SchemaMissingError(self.app.schema)
         from ..migrate import current_revision, head_revision
 
@@ -184,69 +223,71 @@ class Worker:
                 f"needs {head_revision()}: run `pgjobs migrate`"
             )
 
+    def _connection(self, url: str, role: str, stopping: threading.Event
+                    ) -> ResilientConnection:
+        # --poll-only: PgBouncer in transaction mode, so nothing is prepared.
+        return ResilientConnection(url, role, stopping, self._application_name,
+                                   prepare_statements=not self.poll_only)
+
     def _start(self, url: str) -> None:
         from ..periodic_scheduler import start_for_worker
 
         # First, so a refused registration leaves nothing running. Its own thread and
         # short-lived connections: outside --pool-size, never starved by busy executors.
         self.periodic = start_for_worker(self.app)
-        self._stopping = threading.Event()  # claimers stop
-        self._abort = threading.Event()  # outcome writes give up (hard deadline)
-        name = self._application_name = f"pgjobs worker {self.id}"[:63]
+        s, clock = self.settings, self.clock
+        self._url = url
+        self._abort = threading.Event()  # outcome writes and renewals give up (hard deadline)
         self._in_hand = InHand()
         self._buffer: queue.SimpleQueue[ClaimedJob | None] = queue.SimpleQueue()
-        self._url = url
-        prepare = not self.poll_only  # --poll-only: PgBouncer in transaction mode
-        self._fetch_conn = ResilientConnection(url, "fetch", self._stopping, name,
-                                               prepare_statements=prepare)
-        self._complete_conn = ResilientConnection(url, "complete", self._abort, name,
-                                                  prepare_statements=prepare)
-        self.fetcher = Fetcher(
-            self.app.sql, self._fetch_conn,
-            queues=self.queues, capacity=self.concurrency + self.prefetch, buffer=self._buffer,
-            in_hand=self._in_hand, lease_seconds=self.lease_timeout, worker_id=self.id,
-            poll_interval=self.poll_interval, stopping=self._stopping,
-        )
-        if not self.poll_only:
-            self.listener = Listener(
-                self.app.sql, url, queues=self.queues, on_wake=self.fetcher.wake,
-                stopping=self._stopping, worker_id=self.id, ping_timeout=self.ping_timeout,
-                application_name=name,
-            )
-        executors_ref: list[ExecutorPool] = []
+        store = self.store = JobStore(self.app.sql, prepare=not self.poll_only)
         self.instruments = WorkerInstruments(
-            self.app.meter_provider,
-            executors=lambda: (self.concurrency,
-                               executors_ref[0].busy() if executors_ref else 0),
-            queue_rows=self._queue_rows,
-        )
+            self.app.meter_provider, executors=self._executor_counts,
+            queue_rows=self._queue_rows)
+        fetch_stop, maintenance_stop = threading.Event(), threading.Event()
+        self._fetch_conn = self._connection(url, "fetch", fetch_stop)
+        self._complete_conn = self._connection(url, "complete", self._abort)
+        self._heartbeat_conn = self._connection(url, "heartbeat", self._abort)
+        self._maintenance_conn = self._connection(url, "maintenance", maintenance_stop)
+        self.fetcher = Fetcher(store, self._fetch_conn, clock, s, worker_id=self.id,
+                               buffer=self._buffer, in_hand=self._in_hand,
+                               stopping=fetch_stop)
         self.completer = Completer(
-            self.app.sql, self._complete_conn,
-            in_hand=self._in_hand, lease_seconds=self.lease_timeout, stats=self.stats,
-            watchdog=lambda: executors_ref[0].check_deadlines() if executors_ref else None,
-            ping=self.listener.send_ping if self.listener else None,
-            ping_interval=self.ping_interval,
-            rescue_interval=min(5.0, max(0.5, self.lease_timeout / 4)),
-            register=self._register, retention=self._prune,
-            unregister=(self.app.sql.DELETE_WORKER, {"id": self.id}),
-            on_settled=self.fetcher.jobs_settled, on_retry_due=self.fetcher.wake_at,
-            instruments=self.instruments,
-            on_outcomes=lambda batch: self.on_outcomes(batch) if self.on_outcomes else None,
-        )
+            store, self._complete_conn, clock, in_hand=self._in_hand, stats=self.stats,
+            claimer=self.fetcher, instruments=self.instruments,
+            on_outcomes=self._outcomes_written)
         self.executors = ExecutorPool(
             self.app, self.concurrency, self._buffer, report=self._report,
-            borrow=self._borrow_connection,
-            worker_name=self.id, tracer_provider=self.app.tracer_provider,
-        )
-        executors_ref.append(self.executors)
+            borrow=self._borrow_connection, worker_name=self.id, clock=clock,
+            tracer_provider=self.app.tracer_provider)
+        self.heartbeat = Heartbeat(
+            store, self._heartbeat_conn, clock, s, worker_id=self.id, in_hand=self._in_hand,
+            stats=self.stats, executors_busy=self.executors.busy)
+        plugins: list[Plugin] = [
+            Rescue(store, clock, self.stats, self.instruments, s.rescue_interval),
+            Retention(store, clock, s, maintenance_stop),
+        ]
+        if not self.poll_only:
+            self.listener = Listener(store, url, clock, s, worker_id=self.id,
+                                     on_wake=self.fetcher.wake,
+                                     application_name=self._application_name)
+            plugins.append(ListenerPing(self.listener, s.ping_interval))
+        self.maintenance = MaintenanceService(store, self._maintenance_conn, clock,
+                                              plugins + self.plugins,
+                                              s.maintenance_statement_timeout,
+                                              stopping=maintenance_stop)
+        # Registered before anything is claimed: `workers` shows it from the start.
+        self._heartbeat_conn.run(self.heartbeat.register)
         self._stall_watch = threading.Thread(target=self._watch_stalls, daemon=True,
                                              name="pgjobs-stall-watch")
-        self.completer.thread.start()
+        self.heartbeat.start()
+        self.completer.start()
         self.executors.start()
         self._stall_watch.start()
+        self.maintenance.start()
         if self.listener is not None:
-            self.listener.thread.start()
-        self.fetcher.thread.start()
+            self.listener.start()
+        self.fetcher.start()
 
     def _report(self, result: Result) -> None:
         """An attempt ended: its executor slot is free; its outcome goes to be written."""
@@ -254,35 +295,27 @@ class Worker:
         self.completer.report(result)
         self.fetcher.job_finished()
 
+    def _outcomes_written(self, batch: list[Result]) -> None:
+        hook = self.on_outcomes
+        if hook is not None:
+            hook(batch)
+
+    def _executor_counts(self) -> tuple[int, int]:
+        return self.concurrency, self.executors.busy() if self.executors else 0
+
     def _watch_stalls(self) -> None:
         """Unblock internal connections whose server stopped answering (see dbconn)."""
-        # Claims and flushes take milliseconds; 10 s of silence means a dead peer. Stay
-        # well inside the lease so heartbeats resume before leases expire.
+        # Claims, flushes and renewals take milliseconds; 10 s of silence means a dead
+        # peer. Stay well inside the lease so renewals resume before leases expire.
+        # Maintenance statements are bounded by their statement_timeout instead.
         limit = min(STALL_TIMEOUT, max(1.0, self.lease_timeout / 2))
-        assert self.completer is not None
-        while self.completer.thread.is_alive() or not self._stopping.is_set():
-            for conn in (self._fetch_conn, self._complete_conn):
+        assert self.completer is not None and self.heartbeat is not None
+        watched = (self._fetch_conn, self._complete_conn, self._heartbeat_conn)
+        while self.heartbeat.thread.is_alive() or not self._stop_requested.is_set():
+            for conn in watched:
                 conn.break_if_stalled(limit)
             if self.stopped.wait(1.0):
                 return
-
-    def _register(self, conn: psycopg.Connection[Any]) -> None:
-        """Upsert this worker's row in ``workers`` (with each heartbeat)."""
-        conn.execute(self.app.sql.UPSERT_WORKER, {
-            "id": self.id, "hostname": socket.gethostname(), "pid": os.getpid(),
-            "queues": self.queues, "concurrency": self.concurrency,
-            "lease_seconds": self.lease_timeout, "jobs_in_hand": len(self._in_hand),
-            "executors_busy": self.executors.busy() if self.executors else 0,
-        })
-
-    def _prune(self, conn: psycopg.Connection[Any]) -> None:
-        row = conn.execute(self.app.sql.PRUNE_HISTORY, {
-            "history_seconds": self.history_retention,
-            "dead_letter_seconds": self.dead_letter_retention,
-        }).fetchone()
-        if row and any(row):
-            log.info("retention: pruned %d history row(s), %d dead letter(s), %d stale "
-                     "worker row(s)", *row)
 
     def _queue_rows(self) -> list[dict[str, Any]] | None:
         """Per-queue counts for the metrics gauges, on a pooled connection."""
@@ -305,8 +338,7 @@ class Worker:
                 # Everything the pool may open is inside --pool-size, with our own
                 # connections already subtracted.
                 self._handler_pool = ConnectionPool(
-                    self._url, min_size=0,
-                    max_size=self.pool_size - internal_connections(self.poll_only),
+                    self._url, min_size=0, max_size=self.settings.handler_pool_size,
                     open=True, name="pgjobs-handlers", timeout=30,
                     kwargs={"application_name": self._application_name},
                     # One empty round trip per borrow, so a connection that died idle
@@ -346,12 +378,15 @@ class Worker:
 
     def _shutdown(self) -> None:
         assert self.fetcher and self.completer and self.executors
-        deadline = time.monotonic() + self.shutdown_timeout
-        self._stopping.set()
+        assert self.heartbeat and self.maintenance
+        deadline = self.clock.monotonic() + self.shutdown_timeout
         if self.periodic is not None:
             self.periodic.stop()
         self.fetcher.stop()
-        self.fetcher.thread.join(timeout=max(1.0, self.shutdown_timeout))
+        self.maintenance.stop()
+        if self.listener is not None:
+            self.listener.stop()
+        self.fetcher.join(max(1.0, self.shutdown_timeout))
         # Claimed but never started: back to pending, uncharged.
         unstarted = 0
         while True:
@@ -366,7 +401,7 @@ class Worker:
         running = len(self.executors.running_jobs())
         if running:
             log.info("waiting up to %.0fs for %d running job(s)",
-                     max(0.0, deadline - time.monotonic()), running)
+                     max(0.0, deadline - self.clock.monotonic()), running)
         if not self.executors.join(deadline):
             abandoned = self.executors.abandon_running()
             log.warning("shutdown timeout: returning %d unfinished job(s) to pending "
@@ -374,15 +409,22 @@ class Worker:
                         [j.id for j in abandoned][:20])
             for job in abandoned:
                 self._report(Result(job, Outcome.RELEASE))
-        self.completer.close()
-        self.completer.thread.join(timeout=15.0)
-        if self.completer.thread.is_alive():
+        self.executors.stop_watchdog()
+        self.completer.stop()
+        if not self.completer.join(15.0):
             self._abort.set()  # database unreachable: leases will recover what is left
-            self.completer.thread.join(timeout=5.0)
+            self.completer.join(5.0)
+        self.heartbeat.stop()
+        self.heartbeat.join(5.0)
+        self._abort.set()  # from here on, one attempt per statement: we are leaving
+        self.heartbeat.unregister()
+        self._heartbeat_conn.discard()
+        self.maintenance.join(5.0)
         if self.listener is not None:
-            self.listener.thread.join(timeout=5.0)
+            self.listener.join(5.0)
         if self._handler_pool is not None:
             self._handler_pool.close(timeout=1.0)
         log.info("worker %s stopped: %d succeeded, %d retried, %d dead-lettered, %d returned "
                  "to pending (%d never started)", self.id, self.stats.succeeded,
                  self.stats.retried, self.stats.dead_lettered, self.stats.released, unstarted)
+

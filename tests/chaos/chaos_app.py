@@ -46,6 +46,7 @@ import psycopg
 from psycopg import sql
 
 import pgjobs
+from pgjobs.worker.settings import internal_connections
 from tests.workers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -684,7 +685,8 @@ def _finish(report: Report, fleet: Fleet, codes: dict[int, int]) -> None:
 
 
 def _worker_args(lease: float | None = None, concurrency: int = 4) -> list[str]:
-    args = ["--concurrency", str(concurrency), "--pool-size", str(concurrency + 3),
+    own = internal_connections(poll_only=False)  # the smallest pool that starts
+    args = ["--concurrency", str(concurrency), "--pool-size", str(concurrency + own),
             "--poll-interval", "0.5", "--shutdown-timeout", "5"]
     if lease is not None:
         args += ["--lease-timeout", f"{lease:g}"]
@@ -1123,7 +1125,8 @@ def stuck_db_scenario(url: str, schema: str, duration: float = 5.0, *, concurren
     all complete within ``drain_timeout`` s of the end: per docs/architecture.md, "capacity
     is never lost to a stuck handler".
     """
-    pool = concurrency + 2  # --pool-size concurrency + 5 (default) minus 3 internal
+    # --pool-size concurrency + internal + 2, minus the worker's own connections
+    pool = concurrency + 2
     report = Report("stuck-db", f"1 worker (--concurrency {concurrency}, handler pool "
                     f"{pool}), {concurrency + 3} jobs stuck in pg_sleep past their 0.5 s "
                     f"timeout, then {rate:g} ordinary jobs/s", duration,
@@ -1132,7 +1135,7 @@ def stuck_db_scenario(url: str, schema: str, duration: float = 5.0, *, concurren
         prepare(db, schema)
         app = make_app(url, schema)
         args = [*_worker_args(), "--concurrency", str(concurrency),
-                "--pool-size", str(concurrency + 5)]
+                "--pool-size", str(concurrency + internal_connections(False) + 2)]
         fleet = Fleet(url, schema, args, Clock(db))
         stream = Stream(app, url, "chaos.work", rate)
         codes: dict[int, int] = {}

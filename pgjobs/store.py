@@ -1,0 +1,341 @@
+"""The typed job store: every statement the worker and the admin commands run, as a
+method with typed parameters and typed rows.
+
+The statement texts live in :mod:`pgjobs.sql` (one home, composed with the schema);
+this module is how they are *called*: which parameters, which row type, and whether the
+statement is prepared. The prepared-statement rules are all here:
+
+- claims and the next-due probe are prepared (planning is most of an idle pickup's
+  round trip; their text is written so the generic plan is primary-key lookups);
+- completion flushes are prepared only when small (``PREPARED_FLUSH_MAX``): the generic
+  plan of a large one joins its id arrays pairwise, O(n²);
+- statements taking id arrays of any size (lease renewal, release) are never prepared;
+- maintenance statements are never prepared (rare; planned for their arguments);
+- ``prepare=False`` (``--poll-only``, PgBouncer in transaction mode) prepares nothing.
+
+Every time-dependent method takes ``now``: ``None`` means the server's clock, a
+timestamp is a test's fake clock (see :mod:`pgjobs.worker.clock`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.rows import args_row
+
+from .sql import Statements, statements
+
+#: Flushes of at most this many outcomes use a prepared statement (see the module doc).
+PREPARED_FLUSH_MAX = 32
+
+Conn = psycopg.Connection[Any]
+
+
+def array_literal(values: Iterable[int | float | str]) -> str:
+    """A PostgreSQL array literal of job ids, lease tokens or seconds, sent as one
+    parameter (the statements cast it, e.g. ``%(ok_ids)s::bigint[]``).
+
+    Adapting lists element by element was the largest cost in the completer's profile.
+    Numbers and UUID text never contain commas, quotes, braces or spaces, so joining
+    their ``str()`` is an exact literal; never use this for arbitrary text.
+    """
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+# --- rows ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ClaimedJob:
+    """A job this worker holds a lease on (one row returned by the claim)."""
+
+    id: int
+    queue: str
+    task: str
+    args: Any  # JSON text as claimed; the executor decodes it
+    priority: int
+    attempt: int
+    max_attempts: int
+    due_epoch: float  # next_run_at as Unix time: cheaper to load than a datetime
+    created_at: dt.datetime
+    token: str  # the lease token (a UUID) as text: loaded and sent back without parsing
+    trace_context: Any  # JSON text or None
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> ClaimedJob:
+        return cls(*row)
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """How many outcomes of a flush were written (the rest had lost their lease)."""
+
+    succeeded: int
+    retried: int
+    dead_lettered: int
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """One job in hand after a lease renewal: still ours, and renewed now or not
+    (a row locked by another transaction is skipped this round, never waited for)."""
+
+    id: int
+    renewed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RescuedJob:
+    """A job whose lease expired: back to pending (``rescued``) or buried (``dead``)."""
+
+    outcome: str
+    id: int
+    queue: str
+    task: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    """This worker's row in ``workers`` (written at start and with each heartbeat)."""
+
+    id: str
+    hostname: str
+    pid: int
+    queues: list[str] | None
+    concurrency: int
+    lease_seconds: float
+    jobs_in_hand: int
+    executors_busy: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """One row of ``queue_stats`` (the layout of ``pgjobs stats --json``)."""
+
+    queue: str
+    pending: int
+    scheduled: int
+    running: int
+    dead: int
+    oldest_pending_age_seconds: float | None
+    limit: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """One row of the ``worker_status`` view."""
+
+    id: str
+    hostname: str
+    pid: int
+    queues: list[str] | None
+    concurrency: int
+    started_at: dt.datetime
+    last_heartbeat_at: dt.datetime
+    jobs_in_hand: int
+    executors_busy: int
+    alive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One row of ``dead_letters``."""
+
+    id: int
+    job_id: int
+    queue: str
+    task: str
+    args: Any
+    priority: int
+    attempts: int
+    max_attempts: int
+    error: str
+    created_at: dt.datetime
+    failed_at: dt.datetime
+
+
+# --- the store ----------------------------------------------------------------------------
+
+
+class JobStore:
+    """The statements of one schema, called with typed arguments on a given connection."""
+
+    def __init__(self, schema_or_statements: str | Statements, *, prepare: bool = True) -> None:
+        self.sql = (statements(schema_or_statements)
+                    if isinstance(schema_or_statements, str) else schema_or_statements)
+        self.prepare = prepare
+
+    @property
+    def schema(self) -> str:
+        return self.sql.schema
+
+    # --- start-up ------------------------------------------------------------------------
+
+    def schema_exists(self, conn: Conn) -> bool:
+        row = conn.execute(self.sql.SCHEMA_EXISTS, {"jobs_table": self.sql.jobs_table},
+                           prepare=False).fetchone()
+        return bool(row and row[0])
+
+    # --- claims --------------------------------------------------------------------------
+
+    def claim(self, conn: Conn, *, limit: int, lease_seconds: float, worker_id: str,
+              queues: Sequence[str] | None, now: dt.datetime | None) -> list[ClaimedJob]:
+        """Claim up to ``limit`` due jobs (all queues when ``queues`` is None)."""
+        params: dict[str, Any] = {"now": now, "limit": limit, "lease_seconds": lease_seconds,
+                                  "worker_id": worker_id}
+        if queues is None:
+            statement = self.sql.CLAIM_ANY_QUEUE
+        else:
+            statement = self.sql.CLAIM_QUEUES
+            params["queues"] = list(queues)
+        cur = conn.cursor(row_factory=args_row(ClaimedJob))
+        return cur.execute(statement, params, prepare=self.prepare).fetchall()
+
+    def seconds_until_next_due(self, conn: Conn, *, queues: Sequence[str] | None,
+                               now: dt.datetime | None) -> float | None:
+        """Seconds until the earliest pending job is due (negative: overdue); None: none."""
+        params: dict[str, Any] = {"now": now}
+        if queues is None:
+            statement = self.sql.NEXT_DUE_ANY_QUEUE
+        else:
+            statement = self.sql.NEXT_DUE_QUEUES
+            params["queues"] = list(queues)
+        row = conn.execute(statement, params, prepare=self.prepare).fetchone()
+        if row is None or not isinstance(row[0], dt.timedelta):
+            return None
+        return float(row[0].total_seconds())
+
+    # --- outcomes ------------------------------------------------------------------------
+
+    def complete(
+        self, conn: Conn, *,
+        succeeded: Sequence[ClaimedJob],
+        retried: Sequence[tuple[ClaimedJob, float, str]],
+        dead: Sequence[tuple[ClaimedJob, str]],
+        durations: Sequence[tuple[int, float]],
+        now: dt.datetime | None,
+    ) -> Written:
+        """One statement: successes leave ``jobs``, retries go back to pending after
+        their delay, dead letters move to ``dead_letters``; every write guarded by the
+        lease token. Error texts must already be storable."""
+        params = {
+            "now": now,
+            "ok_ids": array_literal(j.id for j in succeeded),
+            "ok_tokens": array_literal(j.token for j in succeeded),
+            "retry_ids": array_literal(j.id for j, _, _ in retried),
+            "retry_tokens": array_literal(j.token for j, _, _ in retried),
+            "retry_delays": array_literal(delay for _, delay, _ in retried),
+            "retry_errors": [error for _, _, error in retried],
+            "dead_ids": array_literal(j.id for j, _ in dead),
+            "dead_tokens": array_literal(j.token for j, _ in dead),
+            "dead_errors": [error for _, error in dead],
+            "all_ids": array_literal(i for i, _ in durations),
+            "all_durations": array_literal(d for _, d in durations),
+        }
+        total = len(succeeded) + len(retried) + len(dead)
+        prepare = self.prepare and total <= PREPARED_FLUSH_MAX
+        row = conn.execute(self.sql.COMPLETE_BATCH, params, prepare=prepare).fetchone()
+        assert row is not None
+        return Written(int(row[0]), int(row[1]), int(row[2]))
+
+    def release(self, conn: Conn, jobs: Sequence[ClaimedJob]) -> int:
+        """Shutdown: back to pending without charging the attempt; returns how many."""
+        params = {"ids": array_literal(j.id for j in jobs),
+                  "tokens": array_literal(j.token for j in jobs)}
+        return len(conn.execute(self.sql.RELEASE_JOBS, params, prepare=False).fetchall())
+
+    def bury_unwritable(self, conn: Conn, job: ClaimedJob, error: str,
+                        now: dt.datetime | None) -> bool:
+        """Last resort for an outcome the server refused: dead letter, names bounded."""
+        params = {"now": now, "id": job.id, "token": job.token, "error": error}
+        return bool(conn.execute(self.sql.BURY_UNWRITABLE, params, prepare=False).fetchall())
+
+    # --- leases --------------------------------------------------------------------------
+
+    def renew_leases(self, conn: Conn, ids: Sequence[int], tokens: Sequence[str], *,
+                     lease_seconds: float, now: dt.datetime | None) -> list[Renewal]:
+        """Renew every lease still ours without waiting on rows locked by others."""
+        params = {"now": now, "ids": array_literal(ids), "tokens": array_literal(tokens),
+                  "lease_seconds": lease_seconds}
+        cur = conn.cursor(row_factory=args_row(Renewal))
+        return cur.execute(self.sql.RENEW_LEASES, params, prepare=False).fetchall()
+
+    def rescue_expired(self, conn: Conn, *, limit: int,
+                       now: dt.datetime | None) -> list[RescuedJob]:
+        """Jobs whose lease expired: back to pending, or to dead_letters if out of attempts."""
+        cur = conn.cursor(row_factory=args_row(RescuedJob))
+        return cur.execute(self.sql.RESCUE_EXPIRED, {"now": now, "limit": limit},
+                           prepare=False).fetchall()
+
+    # --- workers registry ----------------------------------------------------------------
+
+    def register_worker(self, conn: Conn, row: WorkerRow, now: dt.datetime | None) -> None:
+        params = {"now": now, "id": row.id, "hostname": row.hostname, "pid": row.pid,
+                  "queues": row.queues, "concurrency": row.concurrency,
+                  "lease_seconds": row.lease_seconds, "jobs_in_hand": row.jobs_in_hand,
+                  "executors_busy": row.executors_busy}
+        conn.execute(self.sql.REGISTER_WORKER, params, prepare=False)
+
+    def delete_worker(self, conn: Conn, worker_id: str) -> None:
+        conn.execute(self.sql.DELETE_WORKER, {"id": worker_id}, prepare=False)
+
+    # --- maintenance ---------------------------------------------------------------------
+
+    def set_local_statement_timeout(self, conn: Conn, seconds: float) -> None:
+        """Bound the statements of the current transaction (PgBouncer-safe: local)."""
+        conn.execute(self.sql.SET_LOCAL_STATEMENT_TIMEOUT,
+                     {"ms": str(max(1, int(seconds * 1000)))}, prepare=False)
+
+    def prune_history(self, conn: Conn, *, older_than: float, limit: int,
+                      now: dt.datetime | None) -> int:
+        return self._count(conn, self.sql.PRUNE_HISTORY_BATCH,
+                           {"now": now, "seconds": older_than, "limit": limit})
+
+    def prune_dead_letters(self, conn: Conn, *, older_than: float, limit: int,
+                           now: dt.datetime | None) -> int:
+        return self._count(conn, self.sql.PRUNE_DEAD_LETTERS_BATCH,
+                           {"now": now, "seconds": older_than, "limit": limit})
+
+    def prune_workers(self, conn: Conn, *, older_than: float, limit: int,
+                      now: dt.datetime | None) -> int:
+        return self._count(conn, self.sql.PRUNE_WORKERS_BATCH,
+                           {"now": now, "seconds": older_than, "limit": limit})
+
+    def notify(self, conn: Conn, payload: str) -> None:
+        """A NOTIFY on the schema's channel (the listener's self-ping)."""
+        conn.execute(self.sql.NOTIFY_CHANNEL, {"channel": self.sql.channel,
+                                               "payload": payload}, prepare=False)
+
+    @staticmethod
+    def _count(conn: Conn, statement: Any, params: dict[str, Any]) -> int:
+        row = conn.execute(statement, params, prepare=False).fetchone()
+        return int(row[0]) if row else 0
+
+    # --- inspection (admin) --------------------------------------------------------------
+
+    def queue_stats(self, conn: Conn) -> list[QueueStats]:
+        cur = conn.cursor(row_factory=args_row(QueueStats))
+        return cur.execute(self.sql.QUEUE_STATS).fetchall()
+
+    def recent_throughput(self, conn: Conn) -> dict[str, tuple[int, int]]:
+        """Per queue: (succeeded, failed) in the last complete minute."""
+        rows = conn.execute(self.sql.RECENT_THROUGHPUT).fetchall()
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+    def worker_status(self, conn: Conn) -> list[WorkerStatus]:
+        cur = conn.cursor(row_factory=args_row(WorkerStatus))
+        return cur.execute(self.sql.WORKER_STATUS).fetchall()
+
+    def list_dead_letters(self, conn: Conn, *, queue: str | None, task: str | None,
+                          limit: int) -> list[DeadLetter]:
+        cur = conn.cursor(row_factory=args_row(DeadLetter))
+        return cur.execute(self.sql.LIST_DEAD_LETTERS,
+                           {"queue": queue, "task": task, "limit": limit}).fetchall()
+
+    def get_dead_letter(self, conn: Conn, dead_letter_id: int) -> DeadLetter | None:
+        cur = conn.cursor(row_factory=args_row(DeadLetter))
+        return cur.execute(self.sql.SHOW_DEAD_LETTER, {"id": dead_letter_id}).fetchone()

@@ -1,0 +1,100 @@
+"""The heartbeat: renews the leases of every job in hand, then the ``workers`` row.
+
+The one duty that must never wait: it has its own thread and connection, and its
+statement skips rows locked by other transactions instead of waiting for them. Leases
+are renewed ``HEARTBEATS_PER_LEASE`` times per lease period (see settings.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+
+from ..store import Conn, JobStore, WorkerRow
+from .clock import Clock
+from .dbconn import ResilientConnection
+from .inhand import InHand
+from .service import ThreadService
+from .settings import WorkerSettings
+from .stats import WorkerStats
+
+log = logging.getLogger("pgjobs.worker")
+
+
+class Heartbeat(ThreadService):
+    """Lease renewals and this worker's registration."""
+
+    name = "heartbeat"
+
+    def __init__(self, store: JobStore, conn: ResilientConnection, clock: Clock,
+                 settings: WorkerSettings, *, worker_id: str, in_hand: InHand,
+                 stats: WorkerStats, executors_busy: Callable[[], int]) -> None:
+        super().__init__()
+        self._store = store
+        self._conn = conn
+        self._clock = clock
+        self._settings = settings
+        self._worker_id = worker_id
+        self._in_hand = in_hand
+        self._stats = stats
+        self._executors_busy = executors_busy
+        self._renewed_at = clock.monotonic()
+
+    def loop(self) -> None:
+        interval = self._settings.heartbeat_interval
+        while not self.stopping.wait(interval):
+            try:
+                self.beat()
+            except Exception:
+                log.exception("heartbeat: unexpected error; trying again")
+
+    def beat(self) -> None:
+        """Renew leases (what expires), then the workers row."""
+        self.renew_leases()
+        self._conn.run(self.register)
+
+    def register(self, conn: Conn) -> None:
+        """Insert or refresh this worker's ``workers`` row."""
+        s = self._settings
+        self._store.register_worker(conn, WorkerRow(
+            id=self._worker_id, hostname=socket.gethostname(), pid=os.getpid(),
+            queues=list(s.queues) if s.queues else None, concurrency=s.concurrency,
+            lease_seconds=s.lease_timeout, jobs_in_hand=len(self._in_hand),
+            executors_busy=self._executors_busy()), now=self._clock.sql_now())
+
+    def unregister(self) -> None:
+        """Remove the row at a clean stop (it would otherwise age out)."""
+        try:
+            self._conn.run(lambda c: self._store.delete_worker(c, self._worker_id))
+        except Exception:
+            log.debug("could not remove the workers row", exc_info=True)
+
+    def renew_leases(self) -> None:
+        ids, tokens = self._in_hand.snapshot()
+        if not ids:
+            self._renewed_at = self._clock.monotonic()
+            return
+        rows = self._conn.run(lambda c: self._store.renew_leases(
+            c, ids, tokens, lease_seconds=self._settings.lease_timeout,
+            now=self._clock.sql_now()))
+        if rows is None:  # stopping while the database was unreachable
+            return
+        since = self._clock.monotonic() - self._renewed_at
+        self._renewed_at = self._clock.monotonic()
+        ours = {r.id for r in rows}
+        # Jobs finished since the snapshot are gone from in_hand; only the rest were lost.
+        still_held = set(self._in_hand.snapshot()[0])
+        lost = [i for i in ids if i not in ours and i in still_held]
+        if lost:
+            self._stats.lost_leases += len(lost)
+            self._in_hand.remove(lost)
+            log.warning("lost the lease of job(s) %s (expired and rescued elsewhere?): they "
+                        "may run twice; the previous renewal was %.2f s ago (lease %g s)",
+                        lost[:20], since, self._settings.lease_timeout)
+        skipped = [r.id for r in rows if not r.renewed]
+        if skipped:
+            log.info("lease renewal skipped %d job(s) whose row another transaction holds "
+                     "locked; renewing them at the next heartbeat: %s", len(skipped),
+                     skipped[:20])
