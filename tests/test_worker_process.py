@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import signal
 import time
 
@@ -338,3 +339,43 @@ def test_timeout_fails_the_attempt_and_keeps_the_slot(env, pg_url, schema, db):
     finally:
         worker.signal()
         assert worker.wait(30) == 0
+
+
+def test_log_format_json_logs_each_retry_and_dead_letter_with_the_job_fields(
+        env, pg_url, schema, db):
+    (job_id,) = _enqueue(env, pg_url, "always_fails")  # max_attempts 2: a retry, then dead
+    worker = WorkerProcess(pg_url, schema, "--log-format", "json", "--log-level", "info")
+    try:
+        worker.wait_started()
+        wait_until(lambda: count(db, schema, "dead_letters") == 1, 30, message="dead letter")
+
+        def outcome_lines() -> list[dict]:
+            lines = [json.loads(line) for line in worker.lines if line.startswith("{")]
+            return [r for r in lines if r.get("job_id") == job_id]
+
+        wait_until(lambda: len(outcome_lines()) == 2, 10, message="the two outcome lines")
+        retry, dead = outcome_lines()
+        assert (retry["level"], retry["task"], retry["attempt"]) == ("INFO", "always_fails", 1)
+        assert retry["error"] == "ValueError: this never works"
+        assert f"job {job_id} (always_fails) attempt 1/2 failed" in retry["message"]
+        assert (dead["level"], dead["attempt"]) == ("WARNING", 2)
+        assert "moved to dead_letters" in dead["message"]
+        assert "attempt 2 of 2 failed: ValueError: this never works" in dead["error"]
+        # Every line is JSON, the start-up line included.
+        assert all(line.startswith("{") for line in worker.lines if line.strip()), worker.log
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        worker.kill()
+
+
+def test_wait_for_database_then_one_clear_line_and_exit_2(schema):
+    env = cli_env("postgresql://postgres@127.0.0.1:1/nowhere", schema)
+    started = time.monotonic()
+    result = run_cli("work", "tests.apps.sample:app", "--wait-for-database", "1", env=env)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()
+             and " INFO " not in line]  # the log line saying it is waiting
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "cannot connect" in lines[0] and "waited 1s" in lines[0], lines[0]
+    assert time.monotonic() - started >= 1.0
