@@ -223,7 +223,13 @@ class App:
         queues: Iterable[str] | None = None,
         **options: Any,
     ) -> Worker:
-        """A worker runtime serving this App's tasks; ``run()`` blocks until stopped."""
+        """A worker runtime serving this App's tasks; ``run()`` blocks until stopped.
+
+        ``queues=None`` serves every queue; an empty list is a ``ValueError``. Other
+        options (``pool_size``, ``lease_timeout``, ``wait_for_database``…) are those of
+        :class:`pgjobs.worker.WorkerSettings`; see :class:`pgjobs.worker.Worker` for
+        embedding (``wait_started``, ``on_outcomes``, ``stats``).
+        """
         from .worker import Worker
 
         return Worker(self, concurrency=concurrency, queues=queues, **options)
