@@ -28,6 +28,8 @@ _URL_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
 _POSTGRES_SCHEMES = {"postgres", "postgresql"}
 _URL_FORM = "postgresql://user:password@host:port/dbname"
 _logger = logging.getLogger(__name__)
+# URLs this process got from the embedded fallback (see is_embedded_url).
+_embedded_urls: set[str] = set()
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
 _PASSWORD_PARAM = re.compile(r"(password=)([^&\s]*)", re.IGNORECASE)
 
@@ -115,6 +117,7 @@ def resolve_database_url(explicit: str | None = None, *, announce: bool = True) 
             f"PostgreSQL in {data_dir} (stop it with `pgjobs server stop`)",
             file=sys.stderr,
         )
+    _embedded_urls.add(url)
     if logging.getLogger("pgjobs").hasHandlers():
         # Only where the program configured logging (pgjobs work does): an operator
         # reading a worker's log must see that it serves a throwaway database.
@@ -122,6 +125,11 @@ def resolve_database_url(explicit: str | None = None, *, announce: bool = True) 
             "serving a private development database (the embedded PostgreSQL in %s), not "
             "for production: set PGJOBS_DATABASE_URL", data_dir)
     return url
+
+
+def is_embedded_url(url: str) -> bool:
+    """Whether ``url`` is the embedded server this process fell back to."""
+    return url in _embedded_urls
 
 
 def resolve_schema(explicit: str | None = None) -> str:

@@ -22,6 +22,7 @@ from rich.live import Live
 
 from . import admin, migrate, tables
 from .app import App
+from .config import is_embedded_url, redact_url
 from .context import current_job
 from .errors import PermanentError, QueueFull
 
@@ -136,6 +137,9 @@ def run_demo(database_url: str | None = None, schema: str | None = None) -> None
         letters, title=f"dead letters (first {len(letters)})", error_width=90), console)
     console.print(f"Try: {cli} dead-letters show {letters[0]['id'] if letters else 'ID'}; "
                   f"{cli} dead-letters requeue --all --task demo.send_webhook; {cli} stats")
+    if is_embedded_url(app.database_url):
+        console.print(f"The embedded PostgreSQL keeps running for the next command; "
+                      f"`{cli} server stop` stops it (its data stays in ./.pgjobs).")
 
 
 def cli_command() -> str:
@@ -154,10 +158,7 @@ def cli_command() -> str:
 
 
 def _where(url: str) -> str:
-    from .config import redact_url
-
-    return "the embedded PostgreSQL (./.pgjobs)" if "host=/" in url or "@/" in url else (
-        redact_url(url))
+    return "the embedded PostgreSQL (./.pgjobs)" if is_embedded_url(url) else redact_url(url)
 
 
 def _reset(app: App) -> None:
