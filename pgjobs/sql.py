@@ -395,6 +395,36 @@ UNION ALL
 SELECT 'dead', job_id, queue, task FROM buried
 """
 
+# Rescue's last resort, when RESCUE_EXPIRED itself is refused: the oldest expired job
+# (the one a rescue of LIMIT 1 failed on, e.g. a row changed by hand so it can no longer
+# be pending) goes to dead_letters with its names bounded, so it cannot block every
+# later rescue.
+BURY_OLDEST_EXPIRED = """
+WITH expired AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state = 'running' AND lease_expires_at < COALESCE(%(now)s::timestamptz, now())
+    ORDER BY lease_expires_at
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM {schema}.jobs AS j
+    USING expired
+    WHERE j.id = expired.id
+    RETURNING j.id, j.queue, j.task, j.args, j.priority, j.attempts, j.max_attempts,
+              j.created_at, j.trace_context, j.worker_id
+)
+INSERT INTO {schema}.dead_letters
+    (job_id, queue, task, args, priority, attempts, max_attempts, error,
+     created_at, failed_at, trace_context)
+SELECT id, left(queue, 200), left(task, 500), args, priority, attempts, max_attempts,
+       'lease expired: worker ' || coalesce(left(worker_id, 200), '?')
+         || ' stopped renewing it on attempt ' || attempts
+         || ', and the job could not go back to pending: ' || %(error)s,
+       created_at, COALESCE(%(now)s::timestamptz, now()), trace_context
+FROM gone
+RETURNING job_id, queue, task
+"""
+
 # Renew the leases of every job in hand that is still ours, never waiting on a row that
 # another transaction has locked (an operator's UPDATE, a cancel in flight): such a row
 # is skipped this round and renewed at the next. Returns (id, renewed) for every job

@@ -271,6 +271,13 @@ class JobStore:
         return cur.execute(self.sql.RESCUE_EXPIRED, {"now": now, "limit": limit},
                            prepare=False).fetchall()
 
+    def bury_oldest_expired(self, conn: Conn, *, error: str,
+                            now: dt.datetime | None) -> list[RescuedJob]:
+        """Rescue's last resort: the oldest expired job to dead_letters, names bounded."""
+        rows = conn.execute(self.sql.BURY_OLDEST_EXPIRED, {"now": now, "error": error},
+                            prepare=False).fetchall()
+        return [RescuedJob("dead", r[0], r[1], r[2]) for r in rows]
+
     # --- workers registry ----------------------------------------------------------------
 
     def register_worker(self, conn: Conn, row: WorkerRow, now: dt.datetime | None) -> None:

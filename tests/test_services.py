@@ -169,6 +169,32 @@ def test_rescue_buries_a_job_out_of_attempts(app, conn, db, schema, rig_for):
     assert "lease expired" in error and "attempt 1 of 1" in error
 
 
+def test_one_expired_row_that_cannot_go_back_to_pending_does_not_block_every_rescue(
+        app, conn, db, schema, rig_for):
+    # A row changed by hand while running (a queue name too large for the pending-job
+    # indexes) made the whole rescue statement fail, at every interval, on every worker:
+    # no expired job was ever rescued again.
+    @app.task(name="orphan")
+    def orphan() -> None: ...
+
+    ids = app.enqueue_many(conn, [orphan.job() for _ in range(3)])
+    conn.commit()
+    rig = rig_for(lease_timeout=5)
+    assert len(rig.claim()) == 3
+    huge = secrets.token_hex(4000)
+    db.execute(sql.SQL("UPDATE {} SET queue = %s, lease_expires_at = lease_expires_at - "
+                       "interval '1 second' WHERE id = %s").format(
+        sql.Identifier(schema, "jobs")), [huge, ids[1]])  # the oldest expired: first in line
+    rig.clock.advance(6)
+    rig.maintenance.run_plugin(rig.rescue)
+    assert rig.stats.rescued == 2
+    assert _jobs(db, schema, "id, state") == [(ids[0], "pending"), (ids[2], "pending")]
+    (row,) = db.execute(sql.SQL("SELECT job_id, queue, error FROM {}").format(
+        sql.Identifier(schema, "dead_letters"))).fetchall()
+    assert row[0] == ids[1] and row[1] == huge[:200]
+    assert "could not go back to pending" in row[2] and "lease expired" in row[2]
+
+
 def test_retention_prunes_in_bounded_batches_by_the_clock(app, db, schema, rig_for,
                                                            monkeypatch):
     monkeypatch.setattr(maintenance, "RETENTION_BATCH", 3)

@@ -19,9 +19,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from ..store import Conn, JobStore
+import psycopg
+
+from ..store import Conn, JobStore, RescuedJob
 from .clock import Clock
-from .dbconn import ResilientConnection
+from .dbconn import ResilientConnection, is_connection_failure
+from .errortext import first_line, storable
 from .service import ThreadService
 from .settings import WorkerSettings
 from .stats import WorkerStats
@@ -127,9 +130,40 @@ class Rescue:
         self.first_delay = 0.0
 
     def run(self, session: MaintenanceSession) -> None:
-        with session.bounded() as conn:
-            rows = self._store.rescue_expired(conn, limit=RESCUE_BATCH,
-                                              now=self._clock.sql_now())
+        try:
+            with session.bounded() as conn:
+                rows = self._store.rescue_expired(conn, limit=RESCUE_BATCH,
+                                                  now=self._clock.sql_now())
+        except psycopg.Error as exc:
+            if not _refused_by_a_row(exc, session.conn):
+                raise
+            rows = self._one_by_one(session)
+        self._report(rows)
+
+    def _one_by_one(self, session: MaintenanceSession) -> list[RescuedJob]:
+        """The batch was refused: rescue the oldest expired job alone, and bury it (names
+        bounded) if even that is refused, so one bad row never blocks every rescue."""
+        rows: list[RescuedJob] = []
+        for _ in range(RESCUE_BATCH):
+            try:
+                with session.bounded() as conn:
+                    one = self._store.rescue_expired(conn, limit=1,
+                                                     now=self._clock.sql_now())
+            except psycopg.Error as exc:
+                if not _refused_by_a_row(exc, session.conn):
+                    raise
+                problem = storable(f"{type(exc).__name__}: {first_line(str(exc), 300)}")
+                log.error("rescue: an expired job cannot go back to pending (%s); moving "
+                          "it to dead_letters", problem)
+                with session.bounded() as conn:
+                    one = self._store.bury_oldest_expired(conn, error=problem,
+                                                          now=self._clock.sql_now())
+            if not one:
+                break
+            rows += one
+        return rows
+
+    def _report(self, rows: list[RescuedJob]) -> None:
         rescued = [r for r in rows if r.outcome == "rescued"]
         buried = [r for r in rows if r.outcome == "dead"]
         self._stats.rescued += len(rescued)
@@ -143,6 +177,19 @@ class Rescue:
         if buried:
             log.warning("%d job(s) with an expired lease were out of attempts and moved to "
                         "dead_letters: %s", len(buried), [r.id for r in buried][:20])
+
+
+def _refused_by_a_row(exc: psycopg.Error, conn: Conn) -> bool:
+    """True when retrying cannot help: the server refused the statement for its data.
+
+    Not for lost connections, timeouts, lock waits, deadlocks or serialization failures:
+    those pass, and the rescue simply runs again at its next interval.
+    """
+    if is_connection_failure(exc, conn):
+        return False
+    if isinstance(exc, (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)):
+        return False
+    return not (exc.sqlstate or "").startswith("40")
 
 
 class Retention:
