@@ -191,10 +191,11 @@ class App:
                      at_most: int | None = None) -> dict[str, int]:
         """Pending jobs per queue (due or scheduled: what the pending limit counts).
 
-        Cheap on a big table, unlike the ``queue_stats`` view: it reads only the pending
-        part of the queue index, so its cost follows the pending jobs counted, never the
-        running or finished ones. Without ``queues``: every queue that has pending jobs;
-        with them: exactly those (0 when empty). ``at_most`` stops each count there.
+        Cheap on a big table, unlike the ``queue_stats`` view: it reads only index
+        entries of pending jobs (the queue claim index), so its cost follows the pending
+        jobs counted, never the running ones or the table's size. Without ``queues``:
+        every queue that has pending jobs; with them: exactly those (0 when empty).
+        ``at_most`` stops each count there.
         Runs in ``conn``'s transaction (psycopg or SQLAlchemy, like ``enqueue``).
         """
         return run(raw_connection(conn), queue_depths(self.sql, queues, at_most))

@@ -107,6 +107,8 @@ class PendingLimits:
                 if reading is not None and self._fresh(reading):
                     return self._take(queue, reading, adding)
                 in_flight = self._counting.get(queue)
+                if in_flight is not None and in_flight.done():  # never expected; no spin
+                    in_flight = None
                 if in_flight is None or waited:
                     mine: concurrent.futures.Future[None] = concurrent.futures.Future()
                     # RUNNING: nobody can cancel it, so set_result below always works.

@@ -372,3 +372,38 @@ def test_waiting_for_the_pending_count_does_not_block_the_event_loop(app, pg_url
         thread.join(timeout=30)
     assert gap < 5.0  # never frozen for the 10 s a blocking wait would take
     assert set(_jobs(db, schema)) == {job_id, *sync_ids} and len(sync_ids) == 1
+
+
+def test_a_cancelled_aenqueue_leaves_no_count_behind(app, pg_url, db, schema, monkeypatch):
+    """Cancelled while its pending count waits for a lock: the next enqueue of the queue
+    counts at once instead of waiting for the abandoned count (it would wait 300 s)."""
+    monkeypatch.setattr(backpressure, "COUNT_WAIT_SECONDS", 300.0)
+    deliver, _ = _tasks(app)
+    waiting = sql.SQL("SELECT count(*) FROM pg_locks WHERE NOT granted "
+                      "AND relation = {}::regclass").format(sql.Literal(f"{schema}.queues"))
+    blocker = psycopg.connect(pg_url)
+    blocker.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+        sql.Identifier(schema, "queues")))
+
+    async def scenario() -> int:
+        async with await psycopg.AsyncConnection.connect(pg_url) as aconn:
+            enqueue = asyncio.create_task(deliver.aenqueue(aconn, event_id="gone", body={}))
+            deadline = time.monotonic() + 30
+            while db.execute(waiting).fetchone() != (1,):
+                assert time.monotonic() < deadline, "the count never reached the lock"
+                await asyncio.sleep(0.01)
+            enqueue.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await enqueue
+            blocker.rollback()
+            await aconn.rollback()  # the cancelled statement failed the transaction
+            job_id = await asyncio.wait_for(
+                deliver.aenqueue(aconn, event_id="next", body={}), 30)
+            await aconn.commit()
+            return job_id
+
+    try:
+        job_id = asyncio.run(scenario())
+    finally:
+        blocker.close()
+    assert _jobs(db, schema) == {job_id: {"event_id": "next", "body": {}}}

@@ -7,15 +7,17 @@ import decimal
 import json
 import math
 import threading
+import uuid
 
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 import pgjobs
-from pgjobs import admin
+from pgjobs import admin, migrate
 
 from .conftest import count
 
@@ -420,26 +422,43 @@ def test_queue_depths_counts_pending_jobs_per_queue(app, conn, db, schema, pg_ur
         app.queue_depths(conn, at_most=-1)
 
 
-def test_queue_depths_reads_the_queue_index_not_the_table(app, conn, db, schema):
+def test_queue_depths_reads_the_queue_index_not_the_table(pg_url):
     """Unlike the queue_stats view, the count never scans jobs: many running jobs, a
-    backlog in one queue and a few pending jobs in others, and the plan touches only the
-    pending part of the queue index."""
-    jobs = sql.Identifier(schema, "jobs")
-    db.execute(sql.SQL(
-        "INSERT INTO {} (queue, task, state, lease_token) SELECT 'busy' || (g % 3), 't', "
-        "'running', gen_random_uuid() FROM generate_series(1, 20000) AS g").format(jobs))
-    db.execute(sql.SQL(
-        "INSERT INTO {} (queue, task) SELECT 'q' || (g % 4), 't' "
-        "FROM generate_series(1, 40) AS g").format(jobs))
-    db.execute(sql.SQL(
-        "INSERT INTO {} (queue, task) SELECT 'backlog', 't' "
-        "FROM generate_series(1, 5000) AS g").format(jobs))
-    # As autovacuum keeps it (the table's settings vacuum early): visibility map set.
-    db.execute(sql.SQL("VACUUM ANALYZE {}").format(jobs))
-    assert app.queue_depths(conn) == {
-        "backlog": 5000, "q0": 10, "q1": 10, "q2": 10, "q3": 10}
-    for statement, params in ((app.sql.QUEUE_DEPTHS_ALL, {"at_most": None}),
-                              (app.sql.QUEUE_DEPTHS_OF, {"at_most": None, "queues": ["q1"]})):
-        plan = json.dumps(db.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + statement,
-                                     params).fetchone()[0])
-        assert "jobs_queue_claim_idx" in plan and "Seq Scan" not in plan, plan
+    backlog in one queue and a few pending jobs in others, and the plan reads only the
+    pending part of the queue index.
+
+    In a database of its own: VACUUM can mark pages all-visible (as autovacuum keeps a
+    queue table) only when no other session of the database holds an older snapshot, and
+    other tests run beside this one."""
+    database = f"pgjobs_depths_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_url, autocommit=True) as admin_conn:
+        admin_conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    url = make_conninfo(pg_url, dbname=database)
+    try:
+        migrate.upgrade(url, "pgjobs")
+        app = pgjobs.App(url, schema="pgjobs")
+        jobs = sql.Identifier("pgjobs", "jobs")
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute(sql.SQL(
+                "INSERT INTO {} (queue, task, state, lease_token) SELECT 'busy' || (g % 3), "
+                "'t', 'running', gen_random_uuid() FROM generate_series(1, 20000) AS g"
+            ).format(jobs))
+            db.execute(sql.SQL("INSERT INTO {} (queue, task) SELECT 'q' || (g % 4), 't' "
+                               "FROM generate_series(1, 40) AS g").format(jobs))
+            db.execute(sql.SQL("INSERT INTO {} (queue, task) SELECT 'backlog', 't' "
+                               "FROM generate_series(1, 5000) AS g").format(jobs))
+            db.execute(sql.SQL("VACUUM ANALYZE {}").format(jobs))
+            assert app.queue_depths(db) == {
+                "backlog": 5000, "q0": 10, "q1": 10, "q2": 10, "q3": 10}
+            for statement, params in (
+                    (app.sql.QUEUE_DEPTHS_ALL, {"at_most": None}),
+                    (app.sql.QUEUE_DEPTHS_OF, {"at_most": None, "queues": ["q1"]})):
+                row = db.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + statement,
+                                 params).fetchone()
+                assert row is not None
+                plan = json.dumps(row[0])
+                assert "jobs_queue_claim_idx" in plan and "Seq Scan" not in plan, plan
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as admin_conn:
+            admin_conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(database)))
