@@ -750,6 +750,7 @@ FROM {schema}.cron_schedules
 WHERE name = %(name)s
 """
 
+
 # --- pgjobs work --processes: the server's free connections ------------------------------
 # max_connections, what is reserved (superusers; PostgreSQL 16+ also reserved_connections,
 # NULL before), and the client connections open now other than this one (background
@@ -805,6 +806,13 @@ class Statements:
 @lru_cache(maxsize=256)
 def _compose(schema: str, template: str) -> sql.Composed:
     return sql.SQL(template).format(schema=sql.Identifier(schema))  # type: ignore[arg-type]
+
+
+def compose(schema: str, template: str) -> sql.Composed:
+    """One of the constants above (passed by reference, e.g. ``sql.CLAIM_ANY_QUEUE``)
+    composed for ``schema`` (cached). Typed code should prefer this, or the methods of
+    :class:`pgjobs.store.JobStore`, to looking statements up by name."""
+    return _compose(schema, template)
 
 
 @lru_cache(maxsize=64)

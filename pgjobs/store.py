@@ -26,8 +26,10 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import args_row
+from psycopg.sql import Composed
 
-from .sql import Statements, statements
+from . import sql as S
+from .sql import Statements, compose, statements
 
 #: Flushes of at most this many outcomes use a prepared statement (see the module doc).
 PREPARED_FLUSH_MAX = 32
@@ -169,6 +171,10 @@ class JobStore:
                     if isinstance(schema_or_statements, str) else schema_or_statements)
         self.prepare = prepare
 
+    def _q(self, template: str) -> Composed:
+        """A statement text of :mod:`pgjobs.sql`, composed for this schema (cached)."""
+        return compose(self.sql.schema, template)
+
     @property
     def schema(self) -> str:
         return self.sql.schema
@@ -176,7 +182,7 @@ class JobStore:
     # --- start-up ------------------------------------------------------------------------
 
     def schema_exists(self, conn: Conn) -> bool:
-        row = conn.execute(self.sql.SCHEMA_EXISTS, {"jobs_table": self.sql.jobs_table},
+        row = conn.execute(self._q(S.SCHEMA_EXISTS), {"jobs_table": self.sql.jobs_table},
                            prepare=False).fetchone()
         return bool(row and row[0])
 
@@ -188,9 +194,9 @@ class JobStore:
         params: dict[str, Any] = {"now": now, "limit": limit, "lease_seconds": lease_seconds,
                                   "worker_id": worker_id}
         if queues is None:
-            statement = self.sql.CLAIM_ANY_QUEUE
+            statement = self._q(S.CLAIM_ANY_QUEUE)
         else:
-            statement = self.sql.CLAIM_QUEUES
+            statement = self._q(S.CLAIM_QUEUES)
             params["queues"] = list(queues)
         cur = conn.cursor(row_factory=args_row(ClaimedJob))
         return cur.execute(statement, params, prepare=self.prepare).fetchall()
@@ -200,9 +206,9 @@ class JobStore:
         """Seconds until the earliest pending job is due (negative: overdue); None: none."""
         params: dict[str, Any] = {"now": now}
         if queues is None:
-            statement = self.sql.NEXT_DUE_ANY_QUEUE
+            statement = self._q(S.NEXT_DUE_ANY_QUEUE)
         else:
-            statement = self.sql.NEXT_DUE_QUEUES
+            statement = self._q(S.NEXT_DUE_QUEUES)
             params["queues"] = list(queues)
         row = conn.execute(statement, params, prepare=self.prepare).fetchone()
         if row is None or not isinstance(row[0], dt.timedelta):
@@ -238,7 +244,7 @@ class JobStore:
         }
         total = len(succeeded) + len(retried) + len(dead)
         prepare = self.prepare and total <= PREPARED_FLUSH_MAX
-        row = conn.execute(self.sql.COMPLETE_BATCH, params, prepare=prepare).fetchone()
+        row = conn.execute(self._q(S.COMPLETE_BATCH), params, prepare=prepare).fetchone()
         assert row is not None
         return Written(int(row[0]), int(row[1]), int(row[2]))
 
@@ -246,13 +252,13 @@ class JobStore:
         """Shutdown: back to pending without charging the attempt; returns how many."""
         params = {"ids": array_literal(j.id for j in jobs),
                   "tokens": array_literal(j.token for j in jobs)}
-        return len(conn.execute(self.sql.RELEASE_JOBS, params, prepare=False).fetchall())
+        return len(conn.execute(self._q(S.RELEASE_JOBS), params, prepare=False).fetchall())
 
     def bury_unwritable(self, conn: Conn, job: ClaimedJob, error: str,
                         now: dt.datetime | None) -> bool:
         """Last resort for an outcome the server refused: dead letter, names bounded."""
         params = {"now": now, "id": job.id, "token": job.token, "error": error}
-        return bool(conn.execute(self.sql.BURY_UNWRITABLE, params, prepare=False).fetchall())
+        return bool(conn.execute(self._q(S.BURY_UNWRITABLE), params, prepare=False).fetchall())
 
     # --- leases --------------------------------------------------------------------------
 
@@ -262,19 +268,19 @@ class JobStore:
         params = {"now": now, "ids": array_literal(ids), "tokens": array_literal(tokens),
                   "lease_seconds": lease_seconds}
         cur = conn.cursor(row_factory=args_row(Renewal))
-        return cur.execute(self.sql.RENEW_LEASES, params, prepare=False).fetchall()
+        return cur.execute(self._q(S.RENEW_LEASES), params, prepare=False).fetchall()
 
     def rescue_expired(self, conn: Conn, *, limit: int,
                        now: dt.datetime | None) -> list[RescuedJob]:
         """Jobs whose lease expired: back to pending, or to dead_letters if out of attempts."""
         cur = conn.cursor(row_factory=args_row(RescuedJob))
-        return cur.execute(self.sql.RESCUE_EXPIRED, {"now": now, "limit": limit},
+        return cur.execute(self._q(S.RESCUE_EXPIRED), {"now": now, "limit": limit},
                            prepare=False).fetchall()
 
     def bury_oldest_expired(self, conn: Conn, *, error: str,
                             now: dt.datetime | None) -> list[RescuedJob]:
         """Rescue's last resort: the oldest expired job to dead_letters, names bounded."""
-        rows = conn.execute(self.sql.BURY_OLDEST_EXPIRED, {"now": now, "error": error},
+        rows = conn.execute(self._q(S.BURY_OLDEST_EXPIRED), {"now": now, "error": error},
                             prepare=False).fetchall()
         return [RescuedJob("dead", r[0], r[1], r[2]) for r in rows]
 
@@ -285,36 +291,36 @@ class JobStore:
                   "queues": row.queues, "concurrency": row.concurrency,
                   "lease_seconds": row.lease_seconds, "jobs_in_hand": row.jobs_in_hand,
                   "executors_busy": row.executors_busy}
-        conn.execute(self.sql.REGISTER_WORKER, params, prepare=False)
+        conn.execute(self._q(S.REGISTER_WORKER), params, prepare=False)
 
     def delete_worker(self, conn: Conn, worker_id: str) -> None:
-        conn.execute(self.sql.DELETE_WORKER, {"id": worker_id}, prepare=False)
+        conn.execute(self._q(S.DELETE_WORKER), {"id": worker_id}, prepare=False)
 
     # --- maintenance ---------------------------------------------------------------------
 
     def set_local_statement_timeout(self, conn: Conn, seconds: float) -> None:
         """Bound the statements of the current transaction (PgBouncer-safe: local)."""
-        conn.execute(self.sql.SET_LOCAL_STATEMENT_TIMEOUT,
+        conn.execute(self._q(S.SET_LOCAL_STATEMENT_TIMEOUT),
                      {"ms": str(max(1, int(seconds * 1000)))}, prepare=False)
 
     def prune_history(self, conn: Conn, *, older_than: float, limit: int,
                       now: dt.datetime | None) -> int:
-        return self._count(conn, self.sql.PRUNE_HISTORY_BATCH,
+        return self._count(conn, self._q(S.PRUNE_HISTORY_BATCH),
                            {"now": now, "seconds": older_than, "limit": limit})
 
     def prune_dead_letters(self, conn: Conn, *, older_than: float, limit: int,
                            now: dt.datetime | None) -> int:
-        return self._count(conn, self.sql.PRUNE_DEAD_LETTERS_BATCH,
+        return self._count(conn, self._q(S.PRUNE_DEAD_LETTERS_BATCH),
                            {"now": now, "seconds": older_than, "limit": limit})
 
     def prune_workers(self, conn: Conn, *, older_than: float, limit: int,
                       now: dt.datetime | None) -> int:
-        return self._count(conn, self.sql.PRUNE_WORKERS_BATCH,
+        return self._count(conn, self._q(S.PRUNE_WORKERS_BATCH),
                            {"now": now, "seconds": older_than, "limit": limit})
 
     def notify(self, conn: Conn, payload: str) -> None:
         """A NOTIFY on the schema's channel (the listener's self-ping)."""
-        conn.execute(self.sql.NOTIFY_CHANNEL, {"channel": self.sql.channel,
+        conn.execute(self._q(S.NOTIFY_CHANNEL), {"channel": self.sql.channel,
                                                "payload": payload}, prepare=False)
 
     @staticmethod
@@ -326,23 +332,23 @@ class JobStore:
 
     def queue_stats(self, conn: Conn) -> list[QueueStats]:
         cur = conn.cursor(row_factory=args_row(QueueStats))
-        return cur.execute(self.sql.QUEUE_STATS).fetchall()
+        return cur.execute(self._q(S.QUEUE_STATS)).fetchall()
 
     def recent_throughput(self, conn: Conn) -> dict[str, tuple[int, int]]:
         """Per queue: (succeeded, failed) in the last complete minute."""
-        rows = conn.execute(self.sql.RECENT_THROUGHPUT).fetchall()
+        rows = conn.execute(self._q(S.RECENT_THROUGHPUT)).fetchall()
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
     def worker_status(self, conn: Conn) -> list[WorkerStatus]:
         cur = conn.cursor(row_factory=args_row(WorkerStatus))
-        return cur.execute(self.sql.WORKER_STATUS).fetchall()
+        return cur.execute(self._q(S.WORKER_STATUS)).fetchall()
 
     def list_dead_letters(self, conn: Conn, *, queue: str | None, task: str | None,
                           limit: int) -> list[DeadLetter]:
         cur = conn.cursor(row_factory=args_row(DeadLetter))
-        return cur.execute(self.sql.LIST_DEAD_LETTERS,
+        return cur.execute(self._q(S.LIST_DEAD_LETTERS),
                            {"queue": queue, "task": task, "limit": limit}).fetchall()
 
     def get_dead_letter(self, conn: Conn, dead_letter_id: int) -> DeadLetter | None:
         cur = conn.cursor(row_factory=args_row(DeadLetter))
-        return cur.execute(self.sql.SHOW_DEAD_LETTER, {"id": dead_letter_id}).fetchone()
+        return cur.execute(self._q(S.SHOW_DEAD_LETTER), {"id": dead_letter_id}).fetchone()

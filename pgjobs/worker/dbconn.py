@@ -7,13 +7,13 @@ import os
 import random
 import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
 
 from ..config import redact_text
+from .clock import Clock, SystemClock
 
 log = logging.getLogger("pgjobs.worker")
 
@@ -70,8 +70,10 @@ class ResilientConnection:
     """
 
     def __init__(self, url: str, name: str, stopping: threading.Event,
-                 application_name: str, *, prepare_statements: bool = True) -> None:
+                 application_name: str, *, prepare_statements: bool = True,
+                 clock: Clock | None = None) -> None:
         self._url = url
+        self._clock: Clock = clock or SystemClock()
         #: False behind PgBouncer in transaction mode (``--poll-only``): nothing prepared.
         self.prepare_statements = prepare_statements
         self.name = name
@@ -102,7 +104,7 @@ class ResilientConnection:
         while True:
             try:
                 conn = self.connection()
-                self._busy_since = time.monotonic()
+                self._busy_since = self._clock.monotonic()
                 try:
                     return fn(conn)
                 finally:
@@ -131,7 +133,7 @@ class ResilientConnection:
         connection error, and ``run`` reconnects.
         """
         since, conn = self._busy_since, self._conn
-        if since is None or conn is None or time.monotonic() - since < limit:
+        if since is None or conn is None or self._clock.monotonic() - since < limit:
             return False
         self._busy_since = None
         log.warning("%s connection: no answer from the server for %.0fs; dropping it and "

@@ -227,14 +227,14 @@ class Worker:
                     ) -> ResilientConnection:
         # --poll-only: PgBouncer in transaction mode, so nothing is prepared.
         return ResilientConnection(url, role, stopping, self._application_name,
-                                   prepare_statements=not self.poll_only)
+                                   prepare_statements=not self.poll_only, clock=self.clock)
 
     def _start(self, url: str) -> None:
         from ..periodic_scheduler import start_for_worker
 
         # First, so a refused registration leaves nothing running. Its own thread and
         # short-lived connections: outside --pool-size, never starved by busy executors.
-        self.periodic = start_for_worker(self.app)
+        self.periodic = start_for_worker(self.app, clock=self.clock)
         s, clock = self.settings, self.clock
         self._url = url
         self._abort = threading.Event()  # outcome writes and renewals give up (hard deadline)
@@ -420,6 +420,8 @@ class Worker:
         self.heartbeat.unregister()
         self._heartbeat_conn.discard()
         self.maintenance.join(5.0)
+        if self.periodic is not None:
+            self.periodic.join(5.0)
         if self.listener is not None:
             self.listener.join(5.0)
         if self._handler_pool is not None:
