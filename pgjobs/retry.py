@@ -34,10 +34,16 @@ _PERMANENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     pg_errors.NotSupportedError,
 )
 # Errors that mean "try again later": connection trouble, deadlocks, serialization
-# failures, timeouts (all OperationalError subclasses in psycopg).
+# failures, timeouts (all OperationalError subclasses in psycopg); and the prepared
+# statements a transaction-mode pooler (PgBouncer) loses or duplicates when a connection
+# that prepares (psycopg's default) lands on another server connection. Those are
+# ProgrammingErrors by SQLSTATE (26000, 42P05), but an artefact of the pooler, not of the
+# job's data: the same statement succeeds on the next try.
 _TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     psycopg.OperationalError,
     psycopg.InterfaceError,
+    pg_errors.InvalidSqlStatementName,
+    pg_errors.DuplicatePreparedStatement,
 )
 
 
