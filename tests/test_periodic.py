@@ -489,3 +489,55 @@ def test_a_schedule_whose_insert_fails_does_not_stop_the_others(pg_url, schema, 
     db.execute(sql.SQL("DROP TRIGGER refuse ON {}").format(sql.Identifier(schema, "jobs")))
     scheduler.run_once()  # the same tick, still the latest: tried again, now enqueued
     assert len(_jobs(db, schema, "refused")) == 1 and len(_jobs(db, schema, "fine")) == 1
+
+
+class FastClock:
+    """A worker clock running `speed` times faster than real time from `start`."""
+
+    def __init__(self, start: dt.datetime, speed: float) -> None:
+        import time
+
+        self._time, self.start, self.speed = time, start, speed
+        self._origin = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self._origin + (self._time.monotonic() - self._origin) * self.speed
+
+    def wall(self) -> float:
+        return self.start.timestamp() + (self.monotonic() - self._origin)
+
+    def sql_now(self) -> dt.datetime:
+        return self.start + dt.timedelta(seconds=self.monotonic() - self._origin)
+
+
+def test_a_worker_ticks_on_the_clock_it_is_given_and_runs_the_jobs(pg_url, schema, db):
+    """The hook in the worker runtime: the scheduler starts with the worker, follows the
+    worker's clock (here a minute per real second), its jobs are claimed and run like any
+    other, and it stops with the worker."""
+    app = pgjobs.App(pg_url, schema=schema)
+    ran: list[str] = []
+
+    @app.periodic(cron="* * * * *", name="minutely")
+    @app.task(name="tick")
+    def tick() -> None:
+        ran.append(pgjobs.current_job().id)
+
+    clock = FastClock(dt.datetime(2026, 7, 1, 12, 0, 30, tzinfo=UTC), speed=60.0)
+    worker = app.worker(concurrency=2, install_signal_handlers=False, clock=clock,
+                        lease_timeout=3600.0, poll_interval=60.0)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        assert worker.wait_started(30)
+        assert worker.periodic is not None and worker.periodic.thread.is_alive()
+        wait_until(lambda: len(ran) >= 3, 60, message="three ticks run by the worker")
+    finally:
+        worker.stop()
+        thread.join(60)
+    assert not worker.periodic.thread.is_alive()  # stopped and joined with the worker
+    row = _row(db, schema, "minutely")
+    ticks = row["ticks_enqueued"]
+    assert ticks >= 3 and len(set(ran)) == len(ran) <= ticks
+    # Ticks of the given clock's time (July 2026), not of the database's.
+    assert (dt.datetime(2026, 7, 1, 12, 3, tzinfo=UTC) <= row["last_tick"]
+            < dt.datetime(2026, 7, 1, 14, 0, tzinfo=UTC))

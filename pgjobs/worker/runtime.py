@@ -429,4 +429,3 @@ class Worker:
         log.info("worker %s stopped: %d succeeded, %d retried, %d dead-lettered, %d returned "
                  "to pending (%d never started)", self.id, self.stats.succeeded,
                  self.stats.retried, self.stats.dead_lettered, self.stats.released, unstarted)
-
