@@ -55,7 +55,9 @@ async def async_raw_connection(aconn: Any) -> psycopg.AsyncConnection[Any]:
     raw = await sa_connection.get_raw_connection()
     driver = raw.driver_connection
     if not isinstance(driver, psycopg.AsyncConnection):
-        raise TypeError(_wrong_driver(sa_connection.dialect.driver, "postgresql+psycopg://"))
+        raise TypeError(
+            _wrong_driver(sa_connection.dialect.driver, "postgresql+psycopg://")
+            + f" (aenqueue accepts {_ASYNC_SUPPORTED} on that driver)")
     return driver
 
 

@@ -291,7 +291,10 @@ def test_other_drivers_and_sync_connections_are_refused(app, pg_url, conn):
         engine = create_async_engine(_sa_url(pg_url, "asyncpg"))
         try:
             async with engine.connect() as sa:
-                with pytest.raises(TypeError, match=r"'asyncpg' driver.*postgresql\+psycopg"):
+                with pytest.raises(TypeError, match=r"'asyncpg' driver.*postgresql\+psycopg.*"
+                                                    r"accepts a psycopg 3 AsyncConnection, a "
+                                                    r"SQLAlchemy 2 AsyncConnection or a "
+                                                    r"SQLAlchemy 2 AsyncSession"):
                     await deliver.aenqueue(sa, event_id="e", body={})
             async with AsyncSession(engine) as session:
                 with pytest.raises(TypeError, match=r"'asyncpg' driver.*postgresql\+psycopg"):
@@ -407,3 +410,44 @@ def test_a_cancelled_aenqueue_leaves_no_count_behind(app, pg_url, db, schema, mo
     finally:
         blocker.close()
     assert _jobs(db, schema) == {job_id: {"event_id": "next", "body": {}}}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_trace_context_and_metrics_like_the_sync_path(kind, pg_url, db, schema):
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    reader, spans = InMemoryMetricReader(), InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    app = pgjobs.App(pg_url, schema=schema, tracer_provider=tracer_provider,
+                     meter_provider=MeterProvider(metric_readers=[reader]))
+    deliver, _ = _tasks(app)
+
+    async def scenario() -> tuple[int, list[int]]:
+        async with connect(kind, pg_url) as h:
+            app.set_queue_limit(db, "webhooks", 3)
+            one = await deliver.aenqueue(h.conn, event_id="1", body={})
+            many = await app.aenqueue_many(h.conn, [deliver.job(event_id="m", body={})] * 2)
+            with pytest.raises(pgjobs.QueueFull):
+                await deliver.aenqueue(h.conn, event_id="full", body={})
+            await h.commit()
+            return one, many
+
+    one, many = asyncio.run(scenario())
+    rows = dict(db.execute(sql.SQL("SELECT id, trace_context FROM {}").format(
+        sql.Identifier(schema, "jobs"))).fetchall())
+    assert set(rows) == {one, *many} and all(rows.values())  # a W3C context on each job
+    sends = [s for s in spans.get_finished_spans() if s.name == "send webhooks"]
+    assert len(sends) == 3  # one enqueue, one batch, one refused
+
+    def total(name: str) -> float:
+        data = reader.get_metrics_data()
+        return sum(p.value for rm in data.resource_metrics for sm in rm.scope_metrics
+                   for m in sm.metrics if m.name == name for p in m.data.data_points)
+
+    assert total("pgjobs.jobs.enqueued") == 3
+    assert total("pgjobs.queue_full.rejections") == 1
