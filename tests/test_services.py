@@ -153,6 +153,32 @@ def test_a_lease_renewed_by_the_heartbeat_is_not_rescued_an_expired_one_is(app, 
     assert count(db, schema, "jobs") == 1 and rig.stats.succeeded == 0
 
 
+def test_a_lease_the_server_refuses_to_renew_does_not_stop_the_others(app, conn, db,
+                                                                      schema, rig_for):
+    @app.task(name="held3")
+    def held3() -> None: ...
+
+    ids = app.enqueue_many(conn, [held3.job() for _ in range(3)])
+    conn.commit()
+    rig = rig_for(lease_timeout=10)
+    assert len(rig.claim()) == 3
+    # A trigger added by hand refuses any update of one row.
+    jobs = sql.Identifier(schema, "jobs")
+    db.execute(sql.SQL(
+        "CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.id = {} THEN RAISE EXCEPTION 'refused by hand'; END IF; RETURN NEW; END $$"
+    ).format(sql.Identifier(schema, "refuse"), sql.Literal(ids[1])))
+    db.execute(sql.SQL("CREATE TRIGGER refuse BEFORE UPDATE ON {} FOR EACH ROW "
+                       "EXECUTE FUNCTION {}()").format(jobs, sql.Identifier(schema, "refuse")))
+    rig.clock.advance(5)
+    rig.heartbeat.renew_leases()
+    expiry = dict(db.execute(sql.SQL("SELECT id, lease_expires_at FROM {}").format(jobs)))
+    renewed_until = rig.clock.sql_now() + dt.timedelta(seconds=10)
+    assert expiry[ids[0]] == expiry[ids[2]] == renewed_until
+    assert expiry[ids[1]] < renewed_until
+    assert rig.stats.lost_leases == 0 and len(rig.in_hand) == 3
+
+
 def test_rescue_buries_a_job_out_of_attempts(app, conn, db, schema, rig_for):
     @app.task(name="once", max_attempts=1)
     def once() -> None: ...

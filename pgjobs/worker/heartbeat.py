@@ -12,9 +12,10 @@ import os
 import socket
 from collections.abc import Callable
 
-from ..store import Conn, JobStore, WorkerRow
+from ..store import Conn, JobStore, Renewal, WorkerRow
 from .clock import Clock
 from .dbconn import ResilientConnection
+from .errortext import first_line
 from .inhand import InHand
 from .service import ThreadService
 from .settings import WorkerSettings
@@ -41,6 +42,7 @@ class Heartbeat(ThreadService):
         self._stats = stats
         self._executors_busy = executors_busy
         self._renewed_at = clock.monotonic()
+        self._refused: set[int] = set()  # renewals the server refused this round
 
     def loop(self) -> None:
         interval = self._settings.heartbeat_interval
@@ -71,14 +73,34 @@ class Heartbeat(ThreadService):
         except Exception:
             log.debug("could not remove the workers row", exc_info=True)
 
+    def _renew(self, ids: list[int], tokens: list[str]) -> list[Renewal] | None:
+        """Renew, isolating a job whose renewal the server refuses (bisection): the
+        others are renewed; that one is kept (not taken for lost) and, if it keeps being
+        refused, its lease expires and the rescue decides."""
+        try:
+            return self._conn.run(lambda c: self._store.renew_leases(
+                c, ids, tokens, lease_seconds=self._settings.lease_timeout,
+                now=self._clock.sql_now()))
+        except Exception as exc:
+            if len(ids) == 1:
+                self._refused.add(ids[0])
+                log.error("could not renew the lease of job %d (%s: %s)", ids[0],
+                          type(exc).__name__, first_line(str(exc)))
+                return [Renewal(ids[0], renewed=False)]
+            middle = len(ids) // 2
+            first = self._renew(ids[:middle], tokens[:middle])
+            second = self._renew(ids[middle:], tokens[middle:])
+            if first is None or second is None:
+                return None
+            return first + second
+
     def renew_leases(self) -> None:
+        self._refused = set()
         ids, tokens = self._in_hand.snapshot()
         if not ids:
             self._renewed_at = self._clock.monotonic()
             return
-        rows = self._conn.run(lambda c: self._store.renew_leases(
-            c, ids, tokens, lease_seconds=self._settings.lease_timeout,
-            now=self._clock.sql_now()))
+        rows = self._renew(ids, tokens)
         if rows is None:  # stopping while the database was unreachable
             return
         since = self._clock.monotonic() - self._renewed_at
@@ -93,7 +115,7 @@ class Heartbeat(ThreadService):
             log.warning("lost the lease of job(s) %s (expired and rescued elsewhere?): they "
                         "may run twice; the previous renewal was %.2f s ago (lease %g s)",
                         lost[:20], since, self._settings.lease_timeout)
-        skipped = [r.id for r in rows if not r.renewed]
+        skipped = [r.id for r in rows if not r.renewed and r.id not in self._refused]
         if skipped:
             log.info("lease renewal skipped %d job(s) whose row another transaction holds "
                      "locked; renewing them at the next heartbeat: %s", len(skipped),
