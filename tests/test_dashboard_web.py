@@ -67,13 +67,14 @@ def test_every_page_renders_with_the_header_links_and_no_script_needed(client, d
     dead = insert_dead_letter(db, schema, queue="mail", task="send_mail",
                               error="ValueError: bad address\nTraceback (most recent call)")
     pages = ["/", "/jobs", f"/jobs/{job}", "/dead-letters", f"/dead-letters/{dead}",
-             "/workers"]
+             "/workers", "/periodic"]
     for path in pages:
         response = client.get(path)
         assert response.status_code == 200, (path, response.text[:300])
         body = response.text
         # Navigation is plain links in every page's header.
-        for link in ('href="/"', 'href="/jobs"', 'href="/dead-letters"', 'href="/workers"'):
+        for link in ('href="/"', 'href="/jobs"', 'href="/dead-letters"', 'href="/workers"',
+                     'href="/periodic"'):
             assert link in body, (path, link)
         assert 'src="/static/dashboard.js' in body
         assert "content-security-policy" in response.headers
@@ -477,3 +478,34 @@ def test_a_count_that_would_read_too_much_is_left_unknown(client, db, schema, mo
         monkeypatch.setattr(queries, "COUNT_TIMEOUT_MS", 60_000)
         assert queries.count_matching(conn, statements, "DASHBOARD_JOBS_COUNT", needle,
                                       1000) == queries.Bounded(0)
+
+
+def _schedule(db: psycopg.Connection[Any], schema: str, name: str, **columns: Any) -> None:
+    values = {"cron": "*/5 * * * *", "timezone": "Europe/Paris", "task": "app.report",
+              "queue": "reports", "args": '{"region": "eu"}', **columns}
+    db.execute(sql.SQL(
+        "INSERT INTO {} (name, cron, timezone, task, queue, args) "
+        "VALUES (%s, %s, %s, %s, %s, %s::jsonb)").format(sql.Identifier(schema, "cron_schedules")),
+        [name, values["cron"], values["timezone"], values["task"], values["queue"],
+         values["args"]])
+
+
+def test_periodic_page_lists_schedules_and_runs_one_now(client, db, schema):
+    _schedule(db, schema, "eu-report")
+    _schedule(db, schema, XSS, task=XSS)
+    page = client.get("/periodic").text
+    assert "eu-report" in page and "*/5 * * * *" in page and "Europe/Paris" in page
+    assert "<script>alert" not in page
+    response = client.post("/actions/periodic/run-now",
+                           data={"id": "eu-report", "next": "/periodic"})
+    assert flash(response.text) == "1 periodic job(s) enqueued now."
+    assert count(db, schema, "jobs",
+                 "task = 'app.report' AND queue = 'reports' AND args = '{\"region\": \"eu\"}'") == 1
+    refused = client.post("/actions/periodic/run-now", data={"id": "no-such-schedule"})
+    assert "Run now failed: no periodic schedule named 'no-such-schedule'" in (
+        flash(refused.text) or "")
+    db.execute(sql.SQL("INSERT INTO {} (name, pending_limit) VALUES ('reports', 1)").format(
+        sql.Identifier(schema, "queues")))
+    full = client.post("/actions/periodic/run-now", data={"id": "eu-report"})
+    assert (flash(full.text) or "").startswith("Run now failed:")
+    assert count(db, schema, "jobs") == 1

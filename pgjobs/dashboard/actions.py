@@ -19,7 +19,8 @@ from typing import Any
 
 import psycopg
 
-from .. import admin
+from .. import admin, periodic_store
+from ..app import App
 from ..sql import Statements
 
 #: Rows per transaction.
@@ -166,6 +167,17 @@ def requeue(conn: psycopg.Connection[Any], sql: Statements, ids: list[int]) -> i
     return len(admin.requeue_dead_letters(conn, sql, ids=ids))
 
 
+def run_periodic_now(conn: psycopg.Connection[Any], sql: Statements, names: list[str]) -> int:
+    """Enqueue one job of each named schedule now (what ``pgjobs periodic run`` does)."""
+    # A fresh App each time, so the queue limits it checks are read now, never cached.
+    # Only its enqueue path runs, on the dashboard's connection: it opens no connection
+    # of its own, so its database URL is never resolved.
+    app = App(schema=sql.schema)
+    for name in names:
+        periodic_store.run_now(conn, app, name)
+    return len(names)
+
+
 def purge(conn: psycopg.Connection[Any], sql: Statements, ids: list[int]) -> int:
     """Delete dead letters."""
     return conn.execute(sql.DASHBOARD_PURGE_DEAD_LETTERS, {"ids": ids}).rowcount
@@ -176,10 +188,13 @@ DEAD_LETTERS = register_target(
     Target("dead-letters", int, "DASHBOARD_DEAD_LETTER_IDS_MATCHING"))
 # Queue actions (pause/resume) take queue names; there is no "all matching".
 QUEUES = register_target(Target("queues", str, None, first_after=""))
+PERIODIC = register_target(Target("periodic", str, None, first_after=""))
 
 register(Action("jobs", "retry-now", "Retry now", retry_now, "{n} job(s) made due now",
                 offered_for=lambda row: bool(row.get("is_scheduled"))))
 register(Action("dead-letters", "requeue", "Requeue", requeue,
                 "{n} dead letter(s) requeued as new pending jobs"))
+register(Action("periodic", "run-now", "Run now", run_periodic_now,
+                "{n} periodic job(s) enqueued now"))
 register(Action("dead-letters", "purge", "Purge", purge, "{n} dead letter(s) purged",
                 danger=True))

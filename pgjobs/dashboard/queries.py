@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from .. import admin
+from .. import admin, periodic_store
 from ..sql import Statements
 
 #: Queue counts stop here and show as "1,000+" (counting a queue reads at most about
@@ -312,6 +312,12 @@ def dead_letter(conn: psycopg.Connection[Any], sql: Statements,
     """One dead letter by ``dead_letters.id``."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(sql.DASHBOARD_DEAD_LETTER, {"id": dead_letter_id}).fetchone()
+
+
+def periodic_schedules(conn: psycopg.Connection[Any],
+                       sql: Statements) -> list[dict[str, Any]]:
+    """Registered cron schedules with their next tick (one row per schedule: small)."""
+    return periodic_store.list_schedules(conn, sql)
 
 
 def workers(conn: psycopg.Connection[Any], sql: Statements) -> list[dict[str, Any]]:

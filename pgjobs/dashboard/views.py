@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import config
+from ..errors import PgjobsError
 from . import actions as registry
 from . import queries
 from .flash import Flash
@@ -45,6 +46,7 @@ NAV: list[NavItem] = [
     NavItem("Jobs", "/jobs"),
     NavItem("Dead letters", "/dead-letters"),
     NavItem("Workers", "/workers"),
+    NavItem("Periodic", "/periodic"),
 ]
 
 
@@ -149,6 +151,15 @@ async def workers_page(request: Request) -> Response:
     return await dash.render(request, "workers.html", {"title": "Workers", "workers": rows})
 
 
+async def periodic_page(request: Request) -> Response:
+    dash = _dashboard(request)
+    rows = await dash.db.run(queries.periodic_schedules)
+    return await dash.render(request, "periodic.html", {
+        "title": "Periodic", "schedules": rows,
+        "actions": [] if dash.read_only else registry.actions_for("periodic"),
+    })
+
+
 # --- actions ------------------------------------------------------------------------------
 
 
@@ -208,7 +219,8 @@ async def action_endpoint(request: Request) -> Response:
                     f"Nothing done: select at least one row to {action.label.lower()}.",
                     "error"))
             outcome = await dash.db.run(registry.run_on_ids, action, ids)
-    except psycopg.Error as exc:
+    except (psycopg.Error, PgjobsError) as exc:
+        # A refusal (QueueFull, an unknown schedule, a permission): said, nothing done.
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return dash.flash_redirect(request, back, Flash(
             f"{action.label} failed: {config.redact_text(first, dash.db.url)}", "error"))
@@ -284,6 +296,7 @@ def routes(static_dir: Path) -> list[BaseRoute]:
         Route("/dead-letters", dead_letters_page, name="dead_letters"),
         Route("/dead-letters/{dead_letter_id:int}", dead_letter_page, name="dead_letter"),
         Route("/workers", workers_page, name="workers"),
+        Route("/periodic", periodic_page, name="periodic"),
         Route("/actions/{target}/{name}", action_endpoint, methods=["POST"], name="action"),
         Route("/login", login, methods=["GET", "POST"], name="login"),
         Mount("/static", StaticFiles(directory=static_dir), name="static"),

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 import pgjobs
 from pgjobs.dashboard import asgi_app
@@ -83,7 +84,7 @@ def test_every_page_renders_without_console_errors(page, dashboard, db, schema):
     for path, heading in (("/", "Queues"), ("/jobs", "Jobs"), (f"/jobs/{job}", f"Job {job}"),
                           ("/dead-letters", "Dead letters"),
                           (f"/dead-letters/{dead}", f"Dead letter {dead}"),
-                          ("/workers", "Workers")):
+                          ("/workers", "Workers"), ("/periodic", "Periodic")):
         response = page.goto(dashboard + path)
         assert response.status == 200, path
         assert page.locator("h1").inner_text().startswith(heading)
@@ -176,7 +177,11 @@ def test_the_live_toggle_pauses_and_is_remembered(page, dashboard, db, schema):
 def test_read_only_shows_no_action_that_works(page, read_only_dashboard, db, schema):
     dead = insert_dead_letter(db, schema)
     job = insert_job(db, schema, delay=3600)
-    for path in ("/", "/jobs", f"/jobs/{job}", "/dead-letters", f"/dead-letters/{dead}"):
+    db.execute(sql.SQL("INSERT INTO {} (name, cron, task, queue) VALUES "
+                       "('nightly', '0 3 * * *', 'app.nightly', 'reports')").format(
+        sql.Identifier(schema, "cron_schedules")))
+    for path in ("/", "/jobs", f"/jobs/{job}", "/dead-letters", f"/dead-letters/{dead}",
+                 "/periodic"):
         page.goto(read_only_dashboard + path)
         assert page.locator("form[method=post]").count() == 0, path
         assert page.locator("[formaction]").count() == 0, path
