@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
 from typing import Annotated, Any
 
@@ -24,7 +25,7 @@ from ..worker.settings import (
     INTERNAL_CONNECTIONS,
     POOL_HEADROOM,
 )
-from .common import SETTINGS, fail, parse_duration
+from .common import SETTINGS, connect, fail, parse_duration
 
 
 def load_app(spec: str) -> App:
@@ -116,6 +117,7 @@ def parse_queues(queues: str | None, exact: list[str] | None = None) -> list[str
 
 
 def work(
+    ctx: typer.Context,
     app: Annotated[str, typer.Argument(help="The App to serve, as module:attribute.")],
     concurrency: Annotated[int, typer.Option(
         help="Executor threads: jobs run at once, never more.")] = DEFAULT_CONCURRENCY,
@@ -159,6 +161,15 @@ def work(
         help="Seconds to keep retrying an unreachable database at start (a container "
              "starting before PostgreSQL) before giving up with exit 2.")
     ] = DEFAULT_WAIT_FOR_DATABASE,
+    processes: Annotated[int, typer.Option(
+        min=1, help="Worker processes, each with --concurrency executors and its own pool, "
+        "under one supervisor that restarts a child that dies and forwards SIGTERM/SIGINT. "
+        "With --metrics-port P, child i serves /metrics on P + i. Refuses to start if "
+        "processes x pool size exceeds the server's free connections.")] = 1,
+    listen_database_url: Annotated[str | None, typer.Option(
+        help="LISTEN on this URL (direct to PostgreSQL) while everything else goes through "
+             "the database URL, taken for a transaction-mode pooler such as PgBouncer: "
+             "nothing is prepared on it.", show_default=False)] = None,
 ) -> None:
     """Run a fixed pool of workers for APP until SIGTERM/SIGINT, then drain cleanly."""
     startup = StartupSignals()  # first: loading the App below may take a while
@@ -166,6 +177,15 @@ def work(
     retention = (parse_duration(history_retention, "--history-retention"),
                  parse_duration(dead_letter_retention, "--dead-letter-retention"))
     the_app = load_app(app)
+    worker = the_app.worker(
+        concurrency=concurrency, queues=parse_queues(queues, queue), pool_size=pool_size,
+        shutdown_timeout=shutdown_timeout, lease_timeout=lease_timeout,
+        poll_interval=poll_interval, poll_only=poll_only,
+        history_retention=retention[0], dead_letter_retention=retention[1],
+        wait_for_database=wait_for_database, listen_database_url=listen_database_url,
+    )
+    if processes > 1:
+        raise typer.Exit(supervise(ctx, the_app, worker, processes, app, metrics_port, startup))
     if metrics_port is not None:
         from ..prometheus import serve_metrics
 
@@ -175,12 +195,61 @@ def work(
             the_app._use_schema(the_app.schema)  # rebuild instruments on the new provider
         logging.getLogger("pgjobs.worker").info(
             "serving Prometheus metrics on http://%s:%d/metrics", metrics_host, metrics_port)
-    worker = the_app.worker(
-        concurrency=concurrency, queues=parse_queues(queues, queue), pool_size=pool_size,
-        shutdown_timeout=shutdown_timeout, lease_timeout=lease_timeout,
-        poll_interval=poll_interval, poll_only=poll_only,
-        history_retention=retention[0], dead_letter_retention=retention[1],
-        wait_for_database=wait_for_database,
-    )
     startup.attach(worker)
     worker.run()
+
+
+def supervise(ctx: typer.Context, the_app: App, worker: Any, processes: int, app_spec: str,
+              metrics_port: int | None, startup: StartupSignals) -> int:
+    """``--processes P``: check the server has room for P pools, then run P children."""
+    from ..supervisor import Supervisor, check_connection_budget, read_connection_budget
+
+    with connect(autocommit=True, url=the_app.database_url) as conn:
+        budget = read_connection_budget(conn)
+    check_connection_budget(budget, processes, worker.pool_size)
+    supervisor = Supervisor(child_command(ctx, app_spec, metrics_port), processes,
+                            shutdown_timeout=worker.shutdown_timeout)
+    startup.attach(supervisor)  # a signal during start-up: no child is started
+    return supervisor.run()
+
+
+def child_command(ctx: typer.Context, app_spec: str,
+                  metrics_port: int | None) -> Callable[[int], list[str]]:
+    """``pgjobs work`` as this process was asked to run, minus ``--processes``: every
+    option given on the command line, the global ones too; child i serves metrics on
+    ``metrics_port + i``. Rebuilt from the parsed options (not sys.argv) so it is the
+    same whatever ran this process (console script, ``python -m pgjobs``, a test)."""
+    options: list[str] = []
+    for param in ctx.command.params:
+        name = param.name
+        if (param.param_type_name != "option" or name in (None, "processes", "metrics_port")
+                or _left_at_default(ctx, name)):
+            continue
+        value = ctx.params[name]
+        if getattr(param, "is_flag", False):
+            flags = param.opts[0] if value else param.secondary_opts[0]
+            options.append(flags)
+        elif param.multiple:
+            for item in value:
+                options += [param.opts[0], str(item)]
+        else:
+            options += [param.opts[0], str(value)]
+    global_options: list[str] = []
+    if SETTINGS.database_url:
+        global_options += ["--database-url", SETTINGS.database_url]
+    if SETTINGS.schema:
+        global_options += ["--schema", SETTINGS.schema]
+    base = [sys.executable, "-m", "pgjobs", *global_options, "work", app_spec, *options]
+
+    def command(index: int) -> list[str]:
+        if metrics_port is None:
+            return base
+        return [*base, "--metrics-port", str(metrics_port + index)]
+
+    return command
+
+
+def _left_at_default(ctx: typer.Context, name: str | None) -> bool:
+    """True for an option not given (left at its default): not passed on to children."""
+    source = ctx.get_parameter_source(name) if name else None
+    return source is None or source.name == "DEFAULT"

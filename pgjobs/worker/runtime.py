@@ -97,9 +97,20 @@ class Worker:
         *,
         install_signal_handlers: bool = True,
         clock: Clock | None = None,
+        listen_database_url: str | None = None,
         **options: Any,
     ) -> None:
         settings = self.settings = WorkerSettings.build(**options)
+        if listen_database_url is not None and settings.poll_only:
+            raise ConfigurationError("--listen-database-url has no use with --poll-only "
+                                     "(no LISTEN): drop one of them")
+        #: LISTEN goes here when set (direct to PostgreSQL), everything else through the
+        #: App's URL, which is then taken for a transaction-mode pooler (PgBouncer).
+        self.listen_database_url = listen_database_url
+        #: Behind a transaction-mode pooler (``--poll-only`` or a separate LISTEN URL) no
+        #: connection of the worker prepares: the next transaction may run on another
+        #: server connection, where the prepared statement does not exist.
+        self.prepare_statements = not (settings.poll_only or listen_database_url)
         self.app = app
         self.clock: Clock = clock or SystemClock()
         self.install_signal_handlers = install_signal_handlers
@@ -225,9 +236,9 @@ class Worker:
 
     def _connection(self, url: str, role: str, stopping: threading.Event
                     ) -> ResilientConnection:
-        # --poll-only: PgBouncer in transaction mode, so nothing is prepared.
         return ResilientConnection(url, role, stopping, self._application_name,
-                                   prepare_statements=not self.poll_only, clock=self.clock)
+                                   prepare_statements=self.prepare_statements,
+                                   clock=self.clock)
 
     def _start(self, url: str) -> None:
         from ..periodic_scheduler import start_for_worker
@@ -240,7 +251,7 @@ class Worker:
         self._abort = threading.Event()  # outcome writes and renewals give up (hard deadline)
         self._in_hand = InHand()
         self._buffer: queue.SimpleQueue[ClaimedJob | None] = queue.SimpleQueue()
-        store = self.store = JobStore(self.app.sql, prepare=not self.poll_only)
+        store = self.store = JobStore(self.app.sql, prepare=self.prepare_statements)
         self.instruments = WorkerInstruments(
             self.app.meter_provider, executors=self._executor_counts,
             queue_rows=self._queue_rows)
@@ -268,7 +279,8 @@ class Worker:
             Retention(store, clock, s, maintenance_stop),
         ]
         if not self.poll_only:
-            self.listener = Listener(store, url, clock, s, worker_id=self.id,
+            self.listener = Listener(store, self.listen_database_url or url, clock, s,
+                                     worker_id=self.id,
                                      on_wake=self.fetcher.wake,
                                      application_name=self._application_name)
             plugins.append(ListenerPing(self.listener, s.ping_interval))
@@ -340,7 +352,11 @@ class Worker:
                 self._handler_pool = ConnectionPool(
                     self._url, min_size=0, max_size=self.settings.handler_pool_size,
                     open=True, name="pgjobs-handlers", timeout=30,
-                    kwargs={"application_name": self._application_name},
+                    # prepare_threshold None: nothing prepared behind a pooler (a
+                    # handler's statement run 5 times would be, by psycopg's default).
+                    kwargs={"application_name": self._application_name,
+                            **({} if self.prepare_statements
+                               else {"prepare_threshold": None})},
                     # One empty round trip per borrow, so a connection that died idle
                     # (server restart, failover, pg_terminate_backend) is replaced
                     # instead of failing the next handler's attempt.

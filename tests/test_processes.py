@@ -1,0 +1,206 @@
+"""`pgjobs work --processes P`: a supervisor and P worker children, real processes and
+real signals (pgjobs/supervisor.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import urllib.request
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+import pgjobs
+
+from .apps import sample
+from .conftest import cli_env, count, run_cli
+from .workers import WorkerProcess, create_executions_table, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def env(pg_url, schema, db):
+    create_executions_table(db, schema)
+    app = pgjobs.App(pg_url, schema=schema)
+    app.tasks.update(sample.app.tasks)  # the sample app's tasks, on this test's schema
+    return app
+
+
+def _enqueue(app: pgjobs.App, pg_url: str, name: str, n: int, **kwargs) -> list[int]:
+    with psycopg.connect(pg_url) as conn:
+        ids = app.enqueue_many(conn, [app.tasks[name].job(**kwargs) for _ in range(n)])
+        conn.commit()
+    return ids
+
+
+def _executions(db, schema, phase: str) -> list[tuple[int, int, int]]:
+    """(job_id, attempt, pid) of every execution that reached ``phase``."""
+    return db.execute(sql.SQL("SELECT job_id, attempt, pid FROM {} WHERE phase = %s "
+                              "ORDER BY job_id").format(sql.Identifier(schema, "executions")),
+                      [phase]).fetchall()
+
+
+def _worker_pids(db, schema) -> set[int]:
+    """Pids of the workers registered in the ``workers`` table (live or not)."""
+    rows = db.execute(sql.SQL("SELECT pid FROM {}").format(
+        sql.Identifier(schema, "workers"))).fetchall()
+    return {r[0] for r in rows}
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # field 4, after "(comm)" and state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _children_registered(db, schema, supervisor: WorkerProcess, n: int) -> set[int]:
+    """Wait until ``n`` live children of the supervisor are rows of ``workers``."""
+    def children() -> set[int] | None:
+        pids = {p for p in _worker_pids(db, schema)
+                if _alive(p) and _parent_of(p) == supervisor.proc.pid}
+        assert supervisor.proc.poll() is None, supervisor.log
+        return pids if len(pids) == n else None
+
+    return wait_until(children, 60, message=f"{n} children in workers")
+
+
+def test_each_child_is_a_worker_and_sigterm_drains_them_all_exit_0(env, pg_url, schema, db):
+    ids = _enqueue(env, pg_url, "sleepy", 4, seconds=1.5)
+    supervisor = WorkerProcess(pg_url, schema, "--processes", "2", "--concurrency", "2",
+                               "--shutdown-timeout", "30")
+    try:
+        children = _children_registered(db, schema, supervisor, 2)
+        # Every job running: 2 children x 2 executors, each child its own worker.
+        wait_until(lambda: len(_executions(db, schema, "start")) == 4, 60,
+                   message="4 jobs running")
+        assert {pid for _, _, pid in _executions(db, schema, "start")} <= children
+        supervisor.signal(signal.SIGTERM)
+        assert supervisor.wait(90) == 0, supervisor.log
+    finally:
+        supervisor.kill()
+    done = _executions(db, schema, "done")
+    assert sorted(job for job, _, _ in done) == sorted(ids)  # every running job finished
+    assert all(attempt == 1 for _, attempt, _ in done)
+    assert count(db, schema, "jobs") == 0
+    assert _worker_pids(db, schema) == set()  # both unregistered on their way out
+    assert supervisor.log.count("SIGTERM: draining") == 2  # forwarded once to each child
+    assert "all 2 worker processes stopped cleanly" in supervisor.log
+    assert not any(_alive(pid) for pid in children)
+
+
+def test_a_sigkilled_child_is_restarted_and_nothing_is_lost(env, pg_url, schema, db):
+    ids = _enqueue(env, pg_url, "sleepy", 12, seconds=0.5)
+    supervisor = WorkerProcess(pg_url, schema, "--processes", "2", "--concurrency", "2",
+                               "--lease-timeout", "2")
+    try:
+        children = _children_registered(db, schema, supervisor, 2)
+        running = wait_until(lambda: {pid for _, _, pid in _executions(db, schema, "start")},
+                             60, message="a job running")
+        victim = sorted(running & children)[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: f"(pid {victim}) was killed by SIGKILL" in supervisor.log, 30,
+                   message="the death logged with its signal")
+        # A new child takes its place, registered as a worker of its own.
+        replacement = wait_until(
+            lambda: {p for p in _worker_pids(db, schema)
+                     if p not in children and _alive(p)
+                     and _parent_of(p) == supervisor.proc.pid}, 60,
+            message=f"restarted child; log:\n{supervisor.log}")
+        assert f"restarted (pid {sorted(replacement)[0]})" in supervisor.log
+        # Nothing lost: the killed child's jobs come back when their leases expire.
+        wait_until(lambda: count(db, schema, "jobs") == 0, 90, message="every job done")
+        assert supervisor.proc.poll() is None
+        supervisor.signal(signal.SIGTERM)
+        assert supervisor.wait(60) == 0, supervisor.log
+    finally:
+        supervisor.kill()
+    done = _executions(db, schema, "done")
+    assert sorted(set(job for job, _, _ in done)) == sorted(ids)
+    dead = db.execute(sql.SQL("SELECT job_id, error FROM {}").format(
+        sql.Identifier(schema, "dead_letters"))).fetchall()
+    assert dead == []
+
+
+def test_a_second_signal_kills_the_children_at_once(env, pg_url, schema, db):
+    _enqueue(env, pg_url, "sleepy", 2, seconds=120)
+    supervisor = WorkerProcess(pg_url, schema, "--processes", "2", "--concurrency", "1",
+                               "--shutdown-timeout", "120")
+    try:
+        children = _children_registered(db, schema, supervisor, 2)
+        wait_until(lambda: len(_executions(db, schema, "start")) == 2, 60,
+                   message="both jobs running")
+        supervisor.signal(signal.SIGTERM)
+        wait_until(lambda: "asking 2 worker processes to drain" in supervisor.log, 30,
+                   message="the drain under way")
+        wait_until(lambda: supervisor.log.count("SIGTERM: draining") == 2, 30,
+                   message="both children draining")
+        supervisor.signal(signal.SIGTERM)
+        assert supervisor.wait(30) == 128 + signal.SIGTERM, supervisor.log
+    finally:
+        supervisor.kill()
+    assert "second SIGTERM: killing" in supervisor.log
+    assert not any(_alive(pid) for pid in children)
+    assert not _executions(db, schema, "done")  # killed mid-job: leases will recover them
+    assert count(db, schema, "jobs", "state = 'running'") == 2
+
+
+def test_refuses_more_connections_than_the_server_has_free(pg_url, schema, db):
+    max_connections = int(db.execute("SHOW max_connections").fetchone()[0])
+    processes = max_connections  # x a pool of 2 + 5 + 2: more than the server has at all
+    result = run_cli("work", sample.__name__ + ":app", "--processes", str(processes),
+                     "--concurrency", "2", env=cli_env(pg_url, schema))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"pgjobs: error: --processes {processes} x pool size 9 = "
+                               f"{processes * 9} connections, but the server has ")
+    assert f"max_connections {max_connections} - " in lines[0]
+    assert "Traceback" not in result.stderr
+    assert _worker_pids(db, schema) == set()
+
+
+def _free_port_pair() -> int:
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return int(port)
+    raise AssertionError("no two consecutive free ports")
+
+
+def test_metrics_port_each_child_serves_on_port_plus_its_index(env, pg_url, schema, db):
+    port = _free_port_pair()
+    supervisor = WorkerProcess(pg_url, schema, "--processes", "2", "--concurrency", "1",
+                               "--metrics-port", str(port))
+    try:
+        children = _children_registered(db, schema, supervisor, 2)
+        bodies = [urllib.request.urlopen(f"http://127.0.0.1:{p}/metrics", timeout=10)
+                  .read().decode() for p in (port, port + 1)]
+        assert all("pgjobs" in body for body in bodies)
+        served = {int(line.rsplit("/", 1)[0].rsplit(":", 1)[1])
+                  for line in supervisor.log.splitlines() if "serving Prometheus" in line}
+        assert served == {port, port + 1}, supervisor.log
+        supervisor.signal(signal.SIGTERM)
+        assert supervisor.wait(60) == 0, supervisor.log
+    finally:
+        supervisor.kill()
+    assert not any(_alive(pid) for pid in children)
