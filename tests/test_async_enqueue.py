@@ -451,3 +451,30 @@ def test_trace_context_and_metrics_like_the_sync_path(kind, pg_url, db, schema):
 
     assert total("pgjobs.jobs.enqueued") == 3
     assert total("pgjobs.queue_full.rejections") == 1
+
+
+def test_sync_enqueue_on_the_loop_thread_does_not_deadlock_on_a_coroutine_count(
+        app, pg_url, db, schema, monkeypatch):
+    """A sync enqueue run inside a coroutine (blocking its loop) while another coroutine
+    of that loop is counting: it cannot wait for that count to finish (the loop is
+    blocked), so after COUNT_WAIT_SECONDS it counts for itself. Both jobs are written."""
+    monkeypatch.setattr(backpressure, "COUNT_WAIT_SECONDS", 0.5)
+    deliver, _ = _tasks(app)
+
+    async def scenario() -> tuple[int, int]:
+        async with await psycopg.AsyncConnection.connect(pg_url) as aconn:
+            with psycopg.connect(pg_url) as conn:
+                counting = asyncio.create_task(deliver.aenqueue(aconn, event_id="a", body={}))
+                for _ in range(100):  # until its count is on the wire
+                    if "webhooks" in app.limits._counting:
+                        break
+                    await asyncio.sleep(0)
+                assert "webhooks" in app.limits._counting
+                sync_id = deliver.enqueue(conn, event_id="s", body={})  # blocks the loop
+                conn.commit()
+                async_id = await asyncio.wait_for(counting, 30)
+                await aconn.commit()
+                return async_id, sync_id
+
+    async_id, sync_id = asyncio.run(scenario())
+    assert set(_jobs(db, schema)) == {async_id, sync_id}
