@@ -7,18 +7,32 @@ permanent failures in ``dead_letters``.
 
 from .app import App
 from .context import JobContext, current_job
-from .errors import ConfigurationError, JobTimeout, PermanentError, PgjobsError, QueueFull
+from .errors import (
+    ConfigurationError,
+    JobCancelled,
+    JobTimeout,
+    LeaseLost,
+    PermanentError,
+    PgjobsError,
+    QueueFull,
+    Snooze,
+)
+from .jobinfo import JobInfo
 from .task import JobSpec, Task, TaskWithOptions
 
 __all__ = [
     "App",
     "ConfigurationError",
+    "JobCancelled",
     "JobContext",
+    "JobInfo",
     "JobSpec",
     "JobTimeout",
+    "LeaseLost",
     "PermanentError",
     "PgjobsError",
     "QueueFull",
+    "Snooze",
     "Task",
     "TaskWithOptions",
     "current_job",

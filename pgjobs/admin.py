@@ -23,6 +23,17 @@ def set_queue_limit(conn: Any, sql: Statements, queue: str, limit: int | None) -
     pgconn.execute(sql.SET_QUEUE_LIMIT, {"queue": queue, "limit": limit})
 
 
+def set_queue_paused(conn: Any, sql: Statements, queue: str, paused: bool) -> None:
+    """Pause or resume ``queue`` (stored in ``queues``; resuming wakes the workers)."""
+    validate_queue(queue)
+    JobStore(sql).set_queue_paused(raw_connection(conn), queue, bool(paused))
+
+
+def queue_list(conn: Any, sql: Statements) -> list[dict[str, Any]]:
+    """``pgjobs queues list``: one dict per queue (name, limit, paused, pending, running)."""
+    return [asdict(r) for r in JobStore(sql).queue_list(raw_connection(conn))]
+
+
 def queue_stats(conn: Any, sql: Statements) -> list[dict[str, Any]]:
     """One dict per queue, in the layout of ``pgjobs stats --json``."""
     return [asdict(r) for r in JobStore(sql).queue_stats(raw_connection(conn))]
@@ -49,7 +60,7 @@ def worker_status(conn: Any, sql: Statements) -> list[dict[str, Any]]:
 
 DEAD_LETTER_FIELDS = (
     "id", "job_id", "queue", "task", "args", "priority", "attempts", "max_attempts", "error",
-    "created_at", "failed_at",
+    "created_at", "failed_at", "reason",
 )
 
 

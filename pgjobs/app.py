@@ -21,6 +21,7 @@ from .task import Backoff, JobSpec, Task, validate_max_attempts, validate_queue
 from .tracing import get_tracer
 
 if TYPE_CHECKING:
+    from .jobinfo import JobInfo
     from .periodic import Schedule
     from .worker import Worker
 
@@ -103,6 +104,7 @@ class App:
         timeout: float | None = None,
         backoff: Backoff | None = None,
         priority: int = 0,
+        result_ttl: float | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc]  # mypy trips on ParamSpec in decorator overloads
@@ -116,12 +118,15 @@ class App:
         timeout: float | None = None,
         backoff: Backoff | None = None,
         priority: int = 0,
+        result_ttl: float | None = None,
     ) -> Any:
         """Register a task. Usable bare (``@app.task``) or with options.
 
         ``name`` defaults to ``<module>.<function>``; ``backoff(attempt)`` returns the
         seconds to wait after failed attempt ``attempt`` (default: exponential with
-        jitter, see :func:`pgjobs.retry.default_backoff`); ``timeout`` is in seconds.
+        jitter, see :func:`pgjobs.retry.default_backoff`); ``timeout`` is in seconds;
+        ``result_ttl`` (seconds) keeps each success and the handler's JSON return value
+        visible to :meth:`get_job` that long (without it nothing is written for a success).
         """
 
         def register(func: Callable[..., Any]) -> Task[Any, Any]:
@@ -139,6 +144,7 @@ class App:
                 timeout=timeout,
                 backoff=backoff,
                 priority=priority,
+                result_ttl=result_ttl,
             )
             self.tasks[task_name] = task
             return task
@@ -216,6 +222,66 @@ class App:
 
         set_queue_limit(conn, self.sql, queue, limit)
         self.limits.forget(queue)
+
+    # --- job lifecycle (see pgjobs.lifecycle) ---------------------------------------------
+
+    def cancel(self, conn: Any, job_id: int) -> str | None:
+        """Cancel a job in ``conn``'s transaction (psycopg or SQLAlchemy, like enqueue).
+
+        ``"cancelled"``: it was pending; at the caller's commit it leaves ``jobs`` for
+        ``dead_letters`` (reason ``'cancelled'``) and never runs. ``"cancelling"``: it is
+        running; at commit its handler is asked to stop (``current_job().cancel_requested``,
+        ``raise_if_cancelled()``); if it then fails or stops it ends cancelled, never
+        retried; if it succeeds, it succeeded. ``None``: no live job has that id.
+        """
+        from .lifecycle import cancel
+
+        return cancel(conn, self.sql, job_id)
+
+    async def acancel(self, aconn: Any, job_id: int) -> str | None:
+        """:meth:`cancel` on an async connection (the kinds ``aenqueue`` takes)."""
+        from .lifecycle import acancel
+
+        return await acancel(aconn, self.sql, job_id)
+
+    def get_job(self, job_id: int) -> JobInfo | None:
+        """The job with this id (its own connection): live, dead, cancelled, or succeeded
+        while its task's ``result_ttl`` lasts; None when nothing is known of it."""
+        from .lifecycle import get_job
+
+        return get_job(self.database_url, self.sql, job_id)
+
+    async def aget_job(self, job_id: int) -> JobInfo | None:
+        """:meth:`get_job` without blocking the event loop."""
+        from .lifecycle import aget_job
+
+        return await aget_job(self.database_url, self.sql, job_id)
+
+    def wait_for(self, job_id: int, timeout: float = 30.0) -> JobInfo:
+        """Block until the job has finished (succeeded, dead or cancelled) and return it;
+        ``TimeoutError`` if it has not within ``timeout`` seconds.
+
+        Listens for the worker's finish notifications (subscribed before the first read,
+        so no finish is missed) and re-reads every half second as a fallback. A job that
+        succeeded without ``result_ttl`` leaves nothing behind: it is returned as
+        ``succeeded`` with ``result`` and ``finished_at`` None.
+        """
+        from .lifecycle import wait_for
+
+        return wait_for(self.database_url, self.sql, job_id, timeout)
+
+    async def await_for(self, job_id: int, timeout: float = 30.0) -> JobInfo:
+        """:meth:`wait_for` for async code."""
+        from .lifecycle import await_for
+
+        return await await_for(self.database_url, self.sql, job_id, timeout)
+
+    def set_queue_paused(self, conn: Any, queue: str, paused: bool) -> None:
+        """Pause (no worker claims from it; enqueue still works) or resume ``queue``, in
+        ``conn``'s transaction; every worker sees it at once (the claim reads it)."""
+        from .admin import set_queue_paused
+
+        set_queue_paused(conn, self.sql, queue, paused)
 
     def worker(
         self,

@@ -7,9 +7,15 @@ import datetime as dt
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
+
+from .errors import JobCancelled
+
+if TYPE_CHECKING:
+    from .lifecycle import Lease
+    from .worker.cancellation import CancelFlag
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,46 @@ class JobContext:
     enqueued_at: dt.datetime
     deadline: float | None
     _borrow: Callable[[], AbstractContextManager[psycopg.Connection[Any]]] = field(repr=False)
+    _cancel: CancelFlag | None = field(default=None, repr=False)
+    _lease: Lease | None = field(default=None, repr=False)
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once someone asked to cancel this job (``app.cancel``); the worker
+        learns it within a second (at once through LISTEN/NOTIFY)."""
+        return self._cancel is not None and self._cancel.requested
+
+    def raise_if_cancelled(self) -> None:
+        """Raise :class:`pgjobs.JobCancelled` if :attr:`cancel_requested`: call it
+        between steps of long work; the job then ends ``cancelled``, never retried."""
+        if self._cancel is not None and self._cancel.requested:
+            raise JobCancelled(self.id)
+
+    def complete(self, conn: Any) -> Any:
+        """Transactional completion: delete this job inside ``conn``'s transaction.
+
+        Write the job's effects and call this in the same transaction: when it commits,
+        the effects and the job's completion are one, and no retry (after a crash, a
+        lost lease) can apply them twice. ``conn`` is a psycopg or SQLAlchemy connection
+        or session; for an async one (psycopg ``AsyncConnection``, SQLAlchemy
+        ``AsyncConnection`` / ``AsyncSession``) this returns an awaitable:
+        ``await current_job().complete(aconn)``. Raises :class:`pgjobs.LeaseLost` if this
+        worker no longer holds the job: roll the transaction back then.
+        """
+        from .lifecycle import is_async_connection
+
+        if self._lease is None:
+            raise RuntimeError("this job context cannot complete its job (no lease)")
+        if is_async_connection(conn):
+            return self._lease.acomplete(conn)
+        self._lease.complete(conn)
+        return None
+
+    async def acomplete(self, aconn: Any) -> None:
+        """:meth:`complete` for an async connection or session."""
+        if self._lease is None:
+            raise RuntimeError("this job context cannot complete its job (no lease)")
+        await self._lease.acomplete(aconn)
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:

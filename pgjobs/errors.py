@@ -61,3 +61,37 @@ class PermanentError(Exception):
 
     The job moves to ``dead_letters`` at once, with this error's message.
     """
+
+
+class JobCancelled(PgjobsError):
+    """Raised by ``current_job().raise_if_cancelled()`` once someone asked to cancel the
+    running job (``app.cancel``). Let it propagate: the job then ends ``cancelled`` in
+    ``dead_letters`` (reason ``'cancelled'``) and is never retried."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id} was cancelled (app.cancel / pgjobs jobs cancel)")
+        self.job_id = job_id
+
+
+class Snooze(Exception):
+    """Raise from a handler to run the job again in ``seconds``, without charging the
+    attempt: the job goes back to ``pending``, due then."""
+
+    def __init__(self, seconds: float) -> None:
+        seconds = float(seconds)
+        if not seconds >= 0 or seconds == float("inf"):
+            raise ValueError(f"Snooze needs a finite number of seconds >= 0, got {seconds!r}")
+        super().__init__(f"snoozed for {seconds:g}s")
+        self.seconds = seconds
+
+
+class LeaseLost(PgjobsError):
+    """``current_job().complete(conn)`` found the job no longer held by this worker (its
+    lease expired and it was rescued, or it already finished). Roll the transaction back:
+    committing would apply the handler's effects for a job someone else now runs."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            f"job {job_id}: this worker no longer holds its lease (expired, rescued or "
+            "finished); roll back this transaction instead of committing it")
+        self.job_id = job_id

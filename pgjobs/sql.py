@@ -91,7 +91,8 @@ SELECT pg_notify(%(channel)s, q) FROM unnest(%(queues)s::text[]) AS q
 # takes the App's default limit; a row with a NULL limit means "unlimited".
 PENDING_LIMIT_AND_COUNT = """
 WITH lim AS (
-    SELECT CASE WHEN q.name IS NULL THEN %(default_limit)s::int ELSE q.pending_limit END AS value
+    SELECT CASE WHEN q.name IS NULL OR NOT q.pending_limit_set THEN %(default_limit)s::int
+                ELSE q.pending_limit END AS value
     FROM (SELECT 1) AS one
     LEFT JOIN {schema}.queues AS q ON q.name = %(queue)s
 )
@@ -107,9 +108,10 @@ FROM lim
 """
 
 SET_QUEUE_LIMIT = """
-INSERT INTO {schema}.queues (name, pending_limit, updated_at)
-VALUES (%(queue)s, %(limit)s, now())
-ON CONFLICT (name) DO UPDATE SET pending_limit = EXCLUDED.pending_limit, updated_at = now()
+INSERT INTO {schema}.queues (name, pending_limit, pending_limit_set, updated_at)
+VALUES (%(queue)s, %(limit)s, true, now())
+ON CONFLICT (name) DO UPDATE SET pending_limit = EXCLUDED.pending_limit,
+    pending_limit_set = true, updated_at = now()
 """
 
 # --- inspection ---------------------------------------------------------------------------
@@ -152,7 +154,7 @@ FROM unnest(%(queues)s::text[]) AS q(queue)
 QUEUE_STATS = """
 SELECT queue, pending, scheduled, running, dead,
        extract(epoch FROM oldest_pending_age)::float8 AS oldest_pending_age_seconds,
-       pending_limit
+       pending_limit, paused
 FROM {schema}.queue_stats
 ORDER BY queue
 """
@@ -175,6 +177,7 @@ CLAIM_ANY_QUEUE = """
 WITH picked AS (
     SELECT id FROM {schema}.jobs
     WHERE state = 'pending' AND next_run_at <= COALESCE(%(now)s::timestamptz, now())
+      AND queue <> ALL(ARRAY(SELECT name FROM {schema}.queues WHERE paused))
     ORDER BY priority DESC, next_run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -197,7 +200,8 @@ RETURNING j.id, j.queue, j.task, j.args::text, j.priority, j.attempts, j.max_att
 CLAIM_QUEUES = """
 WITH candidates AS (
     SELECT c.id, c.priority, c.next_run_at
-    FROM unnest(%(queues)s::text[]) AS wanted(queue)
+    FROM (SELECT q FROM unnest(%(queues)s::text[]) AS q
+          WHERE q <> ALL(ARRAY(SELECT name FROM {schema}.queues WHERE paused))) AS wanted(queue)
     CROSS JOIN LATERAL (
         SELECT id, priority, next_run_at FROM {schema}.jobs
         WHERE queue = wanted.queue AND state = 'pending'
@@ -224,12 +228,14 @@ RETURNING j.id, j.queue, j.task, j.args::text, j.priority, j.attempts, j.max_att
 
 # When the next scheduled job becomes due, so an idle fetcher sleeps exactly that long.
 NEXT_DUE_ANY_QUEUE = """
-SELECT min(next_run_at) - COALESCE(%(now)s::timestamptz, now()) FROM {schema}.jobs WHERE state = 'pending'
+SELECT min(next_run_at) - COALESCE(%(now)s::timestamptz, now()) FROM {schema}.jobs
+WHERE state = 'pending' AND queue <> ALL(ARRAY(SELECT name FROM {schema}.queues WHERE paused))
 """
 
 NEXT_DUE_QUEUES = """
 SELECT min(next_run_at) - COALESCE(%(now)s::timestamptz, now()) FROM {schema}.jobs
 WHERE state = 'pending' AND queue = ANY(%(queues)s::text[])
+  AND queue <> ALL(ARRAY(SELECT name FROM {schema}.queues WHERE paused))
 """
 
 # --- worker: complete ---------------------------------------------------------------------
@@ -248,39 +254,76 @@ WITH succeeded AS (
       AND j.id = ANY(%(ok_ids)s::bigint[]) AND j.id = d.id
       AND j.state = 'running' AND j.lease_token = d.token
     RETURNING j.id, j.queue, j.task
+), kept AS (
+    -- Results of tasks with result_ttl, for the jobs actually deleted above (the
+    -- arrays are empty, and this branch skipped, for every other task).
+    INSERT INTO {schema}.job_results AS k
+        (job_id, queue, task, args, attempts, max_attempts, result, created_at,
+         finished_at, expires_at)
+    SELECT s.id, s.queue, s.task, r.args::jsonb, r.attempts, r.max_attempts, r.value::jsonb,
+           r.created_at, COALESCE(%(now)s::timestamptz, now()),
+           COALESCE(%(now)s::timestamptz, now()) + r.ttl * interval '1 second'
+    FROM unnest(%(res_ids)s::bigint[], %(res_values)s::text[], %(res_ttls)s::float8[],
+                %(res_args)s::text[], %(res_attempts)s::int[], %(res_max_attempts)s::int[],
+                %(res_created)s::timestamptz[])
+         AS r(id, value, ttl, args, attempts, max_attempts, created_at)
+    JOIN succeeded AS s ON s.id = r.id
+    WHERE cardinality(%(res_ids)s::bigint[]) > 0
+    ON CONFLICT (job_id) DO UPDATE SET result = EXCLUDED.result,
+        finished_at = EXCLUDED.finished_at, expires_at = EXCLUDED.expires_at
+    RETURNING 1
 ), retried AS (
+    -- A snooze (uncharged) gives back the attempt the claim charged. A job someone
+    -- asked to cancel is not retried: `retry_cancelled` below ends it.
     UPDATE {schema}.jobs AS j
     SET state = 'pending',
         next_run_at = COALESCE(%(now)s::timestamptz, now()) + r.delay * interval '1 second',
-        last_error = r.error,
+        attempts = j.attempts - r.uncharged::int,
+        last_error = COALESCE(r.error, j.last_error),
         lease_token = NULL, lease_expires_at = NULL, worker_id = NULL
     FROM unnest(%(retry_ids)s::bigint[], %(retry_tokens)s::uuid[],
-                %(retry_delays)s::float8[], %(retry_errors)s::text[]) AS r(id, token, delay, error)
+                %(retry_delays)s::float8[], %(retry_errors)s::text[],
+                %(retry_uncharged)s::bool[]) AS r(id, token, delay, error, uncharged)
     WHERE cardinality(%(retry_ids)s::bigint[]) > 0
       AND j.id = ANY(%(retry_ids)s::bigint[]) AND j.id = r.id
       AND j.state = 'running' AND j.lease_token = r.token
-    RETURNING j.id, j.queue, j.task
+      AND j.cancel_requested_at IS NULL
+    RETURNING j.id, j.queue, j.task, r.uncharged
+), retry_cancelled AS (
+    DELETE FROM {schema}.jobs AS j
+    USING unnest(%(retry_ids)s::bigint[], %(retry_tokens)s::uuid[], %(retry_errors)s::text[])
+          AS x(id, token, error)
+    WHERE cardinality(%(retry_ids)s::bigint[]) > 0
+      AND j.id = ANY(%(retry_ids)s::bigint[]) AND j.id = x.id
+      AND j.state = 'running' AND j.lease_token = x.token
+      AND j.cancel_requested_at IS NOT NULL
+    RETURNING j.id, j.queue, j.task, j.args, j.priority, j.attempts, j.max_attempts,
+              j.created_at, j.trace_context,
+              'cancelled: ' || COALESCE(x.error, 'snoozed') AS error, 'cancelled' AS reason
 ), dead AS (
     DELETE FROM {schema}.jobs AS j
-    USING unnest(%(dead_ids)s::bigint[], %(dead_tokens)s::uuid[], %(dead_errors)s::text[])
-          AS x(id, token, error)
+    USING unnest(%(dead_ids)s::bigint[], %(dead_tokens)s::uuid[], %(dead_errors)s::text[],
+                 %(dead_reasons)s::text[])
+          AS x(id, token, error, reason)
     WHERE cardinality(%(dead_ids)s::bigint[]) > 0
       AND j.id = ANY(%(dead_ids)s::bigint[]) AND j.id = x.id
       AND j.state = 'running' AND j.lease_token = x.token
     RETURNING j.id, j.queue, j.task, j.args, j.priority, j.attempts, j.max_attempts,
-              j.created_at, j.trace_context, x.error
+              j.created_at, j.trace_context, x.error, x.reason
 ), buried AS (
     INSERT INTO {schema}.dead_letters
         (job_id, queue, task, args, priority, attempts, max_attempts, error,
-         created_at, failed_at, trace_context)
+         created_at, failed_at, trace_context, reason)
     SELECT id, queue, task, args, priority, attempts, max_attempts, error,
-           created_at, COALESCE(%(now)s::timestamptz, now()), trace_context
-    FROM dead
-    RETURNING job_id
+           created_at, COALESCE(%(now)s::timestamptz, now()), trace_context, reason
+    FROM (SELECT * FROM dead UNION ALL SELECT * FROM retry_cancelled) AS ended
+    RETURNING job_id, reason
 ), outcomes AS (
     SELECT id, queue, task, 1 AS ok, 0 AS retry, 0 AS failed FROM succeeded
-    UNION ALL SELECT id, queue, task, 0, 1, 0 FROM retried
+    UNION ALL SELECT id, queue, task, 0, CASE WHEN uncharged THEN 0 ELSE 1 END, 0
+              FROM retried
     UNION ALL SELECT id, queue, task, 0, 0, 1 FROM dead
+    UNION ALL SELECT id, queue, task, 0, 0, 1 FROM retry_cancelled
 ), history AS (
     -- Per-minute counts for charts and `pgjobs stats`, from the rows actually written
     -- (a replayed flush counts nothing twice); sorted so concurrent flushes lock the
@@ -304,11 +347,23 @@ WITH succeeded AS (
         duration_seconds = h.duration_seconds + EXCLUDED.duration_seconds,
         max_duration_seconds = greatest(h.max_duration_seconds, EXCLUDED.max_duration_seconds)
     RETURNING 1
+), finished_notify AS (
+    -- app.wait_for: the ids of jobs that finished, on the schema's finish channel, 500
+    -- ids per notification (one or a few per flush, never one per job).
+    SELECT pg_notify(%(finished_channel)s, string_agg(f.id::text, ','))
+    FROM (SELECT id, (row_number() OVER ()) / 500 AS chunk
+          FROM (SELECT id FROM succeeded UNION ALL SELECT job_id FROM buried) AS done
+         ) AS f
+    GROUP BY f.chunk
 )
 SELECT (SELECT count(*) FROM succeeded),
-       (SELECT count(*) FROM retried),
-       (SELECT count(*) FROM buried),
-       (SELECT count(*) FROM history)
+       (SELECT count(*) FROM retried WHERE NOT uncharged),
+       (SELECT count(*) FROM buried WHERE reason = 'failed'),
+       (SELECT count(*) FROM history),
+       (SELECT count(*) FROM retried WHERE uncharged),
+       (SELECT count(*) FROM buried WHERE reason = 'cancelled'),
+       (SELECT count(*) FROM finished_notify),
+       (SELECT count(*) FROM kept)
 """
 
 # Shutdown: hand unfinished jobs back without charging the attempt they were on.
@@ -365,18 +420,23 @@ WITH expired AS (
 ), dead AS (
     DELETE FROM {schema}.jobs AS j
     USING expired
-    WHERE j.id = expired.id AND j.attempts >= j.max_attempts
+    WHERE j.id = expired.id
+      AND (j.attempts >= j.max_attempts OR j.cancel_requested_at IS NOT NULL)
     RETURNING j.id, j.queue, j.task, j.args, j.priority, j.attempts, j.max_attempts,
-              j.created_at, j.trace_context, j.worker_id
+              j.created_at, j.trace_context, j.worker_id,
+              j.cancel_requested_at IS NOT NULL AS cancelled
 ), buried AS (
     INSERT INTO {schema}.dead_letters
         (job_id, queue, task, args, priority, attempts, max_attempts, error,
-         created_at, failed_at, trace_context)
+         created_at, failed_at, trace_context, reason)
     SELECT id, queue, task, args, priority, attempts, max_attempts,
-           'lease expired: worker ' || coalesce(worker_id, '?')
-             || ' stopped renewing it (killed or hung) on attempt '
-             || attempts || ' of ' || max_attempts,
-           created_at, COALESCE(%(now)s::timestamptz, now()), trace_context
+           CASE WHEN cancelled THEN 'cancelled: worker ' || coalesce(worker_id, '?')
+                    || ' stopped (killed or hung) after the cancel request'
+                ELSE 'lease expired: worker ' || coalesce(worker_id, '?')
+                    || ' stopped renewing it (killed or hung) on attempt '
+                    || attempts || ' of ' || max_attempts END,
+           created_at, COALESCE(%(now)s::timestamptz, now()), trace_context,
+           CASE WHEN cancelled THEN 'cancelled' ELSE 'failed' END
     FROM dead
     RETURNING job_id, queue, task
 ), revived AS (
@@ -388,6 +448,7 @@ WITH expired AS (
         lease_token = NULL, lease_expires_at = NULL, worker_id = NULL
     FROM expired
     WHERE j.id = expired.id AND j.attempts < j.max_attempts
+      AND j.cancel_requested_at IS NULL
     RETURNING j.id, j.queue, j.task
 )
 SELECT 'rescued' AS outcome, id, queue, task FROM revived
@@ -596,7 +657,7 @@ SELECT pg_notify(%(channel)s, %(payload)s)
 
 LIST_DEAD_LETTERS = """
 SELECT id, job_id, queue, task, args, priority, attempts, max_attempts, error,
-       created_at, failed_at
+       created_at, failed_at, reason
 FROM {schema}.dead_letters
 WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
@@ -606,7 +667,7 @@ LIMIT %(limit)s
 
 SHOW_DEAD_LETTER = """
 SELECT id, job_id, queue, task, args, priority, attempts, max_attempts, error,
-       created_at, failed_at
+       created_at, failed_at, reason
 FROM {schema}.dead_letters WHERE id = %(id)s
 """
 
@@ -648,6 +709,164 @@ WHERE (%(older_than)s::float8 IS NULL
        OR failed_at < now() - %(older_than)s::float8 * interval '1 second')
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
+"""
+
+# --- job lifecycle: cancel, pause, transactional completion, status --------------------
+
+# app.cancel, step 1: a pending job leaves `jobs` for dead_letters (reason 'cancelled')
+# at the caller's commit. Guarded by state: a job a worker claimed meanwhile is not
+# touched (the DELETE waits for the claim's row lock, then re-checks the state).
+CANCEL_PENDING = """
+WITH gone AS (
+    DELETE FROM {schema}.jobs
+    WHERE id = %(id)s AND state = 'pending'
+    RETURNING id, queue, task, args, priority, attempts, max_attempts, created_at,
+              trace_context, last_error
+), buried AS (
+    INSERT INTO {schema}.dead_letters
+        (job_id, queue, task, args, priority, attempts, max_attempts, error,
+         created_at, failed_at, trace_context, reason)
+    SELECT id, queue, task, args, priority, attempts, max_attempts,
+           'cancelled while pending'
+             || COALESCE(' (last error: ' || left(last_error, 2000) || ')', ''),
+           created_at, now(), trace_context, 'cancelled'
+    FROM gone
+    RETURNING job_id
+)
+SELECT job_id, pg_notify(%(finished_channel)s, job_id::text) FROM buried
+"""
+
+# app.cancel, step 2: a running job is flagged, and its worker told at the caller's
+# commit (NOTIFY on the workers' channel; the worker also reads the flag every second).
+CANCEL_RUNNING = """
+WITH flagged AS (
+    UPDATE {schema}.jobs
+    SET cancel_requested_at = COALESCE(cancel_requested_at, now())
+    WHERE id = %(id)s AND state = 'running'
+    RETURNING id
+)
+SELECT id, pg_notify(%(channel)s, %(cancel_prefix)s || id::text) FROM flagged
+"""
+
+# The worker's fallback: its running jobs someone asked to cancel (a plain read of the
+# tiny partial index jobs_cancel_requested_idx: never waits on a lock).
+CANCEL_REQUESTS_OF_WORKER = """
+SELECT id FROM {schema}.jobs
+WHERE worker_id = %(worker_id)s AND cancel_requested_at IS NOT NULL AND state = 'running'
+"""
+
+# current_job().complete(conn): the job leaves `jobs` in the handler's own transaction,
+# guarded by the lease token (no row: this worker no longer holds the job).
+COMPLETE_IN_TRANSACTION = """
+WITH gone AS (
+    DELETE FROM {schema}.jobs
+    WHERE id = %(id)s AND state = 'running' AND lease_token = %(token)s::uuid
+    RETURNING id
+)
+SELECT id, pg_notify(%(finished_channel)s, id::text) FROM gone
+"""
+
+# app.get_job: live (pending / scheduled / running), then a kept result (succeeded),
+# then the latest dead letter (dead / cancelled). Columns in JobInfo's order.
+GET_JOB = """
+SELECT id, queue, task, args, state, attempts, max_attempts, result, error, created_at,
+       finished_at
+FROM (
+    SELECT id, queue, task, args,
+           CASE WHEN state = 'running' THEN 'running'
+                WHEN next_run_at > COALESCE(%(now)s::timestamptz, now()) THEN 'scheduled'
+                ELSE 'pending' END AS state,
+           attempts, max_attempts, NULL::jsonb AS result, last_error AS error, created_at,
+           NULL::timestamptz AS finished_at, 1 AS rank
+    FROM {schema}.jobs WHERE id = %(id)s
+    UNION ALL
+    SELECT job_id, queue, task, args, 'succeeded', attempts, max_attempts, result, NULL,
+           created_at, finished_at, 2
+    FROM {schema}.job_results
+    WHERE job_id = %(id)s AND expires_at > COALESCE(%(now)s::timestamptz, now())
+    UNION ALL
+    (SELECT job_id, queue, task, args,
+            CASE WHEN reason = 'cancelled' THEN 'cancelled' ELSE 'dead' END, attempts,
+            max_attempts, NULL, error, created_at, failed_at, 3
+     FROM {schema}.dead_letters WHERE job_id = %(id)s ORDER BY id DESC LIMIT 1)
+) AS found
+ORDER BY rank LIMIT 1
+"""
+
+# `pgjobs jobs list`: newest first, keyset on the job id (rows below %(before)s), each
+# source read through at most %(window)s rows of its index, so a rare filter costs a
+# bounded scan. state: NULL (all) or one of JobInfo's states.
+LIST_JOBS = """
+SELECT id, queue, task, args, state, attempts, max_attempts, result, error, created_at,
+       finished_at
+FROM (
+    SELECT id, queue, task, args,
+           CASE WHEN state = 'running' THEN 'running'
+                WHEN next_run_at > now() THEN 'scheduled' ELSE 'pending' END AS state,
+           attempts, max_attempts, NULL::jsonb AS result, last_error AS error, created_at,
+           NULL::timestamptz AS finished_at
+    FROM (SELECT * FROM {schema}.jobs
+          WHERE (%(before)s::bigint IS NULL OR id < %(before)s)
+            AND (%(state)s::text IS NULL OR %(state)s IN ('pending', 'scheduled', 'running'))
+          ORDER BY id DESC LIMIT %(window)s) AS w
+    UNION ALL
+    SELECT job_id, queue, task, args, 'succeeded', attempts, max_attempts, result, NULL,
+           created_at, finished_at
+    FROM (SELECT * FROM {schema}.job_results
+          WHERE (%(before)s::bigint IS NULL OR job_id < %(before)s)
+            AND (%(state)s::text IS NULL OR %(state)s = 'succeeded')
+            AND expires_at > now()
+          ORDER BY job_id DESC LIMIT %(window)s) AS w
+    UNION ALL
+    SELECT job_id, queue, task, args,
+           CASE WHEN reason = 'cancelled' THEN 'cancelled' ELSE 'dead' END, attempts,
+           max_attempts, NULL, error, created_at, failed_at
+    FROM (SELECT * FROM {schema}.dead_letters
+          WHERE (%(before)s::bigint IS NULL OR job_id < %(before)s)
+            AND (%(state)s::text IS NULL OR %(state)s IN ('dead', 'cancelled'))
+          ORDER BY job_id DESC LIMIT %(window)s) AS w
+) AS found
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(state)s::text IS NULL OR state = %(state)s)
+ORDER BY id DESC
+LIMIT %(limit)s
+"""
+
+# `pgjobs queues pause|resume`: stored in `queues` (a row written only for this keeps the
+# App's default limit: pending_limit_set false). Resuming wakes the workers.
+SET_QUEUE_PAUSED = """
+WITH upsert AS (
+    INSERT INTO {schema}.queues (name, pending_limit, pending_limit_set, paused, updated_at)
+    VALUES (%(queue)s, NULL, false, %(paused)s, now())
+    ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now()
+    RETURNING name
+)
+SELECT name, CASE WHEN %(paused)s THEN NULL ELSE pg_notify(%(channel)s, name) END
+FROM upsert
+"""
+
+# `pgjobs queues list`: name, limit, paused, pending (due), running.
+QUEUE_LIST = """
+SELECT queue, pending_limit, paused, pending, running
+FROM {schema}.queue_stats
+ORDER BY queue
+"""
+
+# Retention of kept results, one bounded batch per statement (like the others).
+PRUNE_RESULTS_BATCH = """
+WITH gone AS (
+    DELETE FROM {schema}.job_results
+    WHERE job_id IN (
+        SELECT job_id FROM {schema}.job_results
+        WHERE expires_at < COALESCE(%(now)s::timestamptz, now())
+        ORDER BY expires_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING 1
+)
+SELECT count(*) FROM gone
 """
 
 # --- periodic jobs (pgjobs.periodic_*) ---------------------------------------------------
@@ -703,7 +922,8 @@ RETURNING task, queue, args::text, priority, max_attempts
 # way the high-water mark already moved: a skipped tick is never retried.
 PERIODIC_ENQUEUE_TICK = """
 WITH lim AS (
-    SELECT CASE WHEN q.name IS NULL THEN %(default_limit)s::int ELSE q.pending_limit END AS value
+    SELECT CASE WHEN q.name IS NULL OR NOT q.pending_limit_set THEN %(default_limit)s::int
+                ELSE q.pending_limit END AS value
     FROM (SELECT 1) AS one
     LEFT JOIN {schema}.queues AS q ON q.name = %(queue)s
 ), pending AS (
@@ -775,6 +995,18 @@ def channel_for(schema: str) -> str:
     return "pgjobs_" + hashlib.sha256(schema.encode()).hexdigest()[:32]
 
 
+#: Payload prefix of a cancel request on the workers' channel (then the job id).
+CANCEL_PREFIX = "pgjobs:cancel:"
+
+
+def finished_channel_for(schema: str) -> str:
+    """The channel on which finished job ids are announced (``app.wait_for``)."""
+    name = f"{schema}_finished"
+    if len(name.encode()) <= 63:
+        return name
+    return "pgjobs_fin_" + hashlib.sha256(schema.encode()).hexdigest()[:32]
+
+
 @dataclass(frozen=True)
 class Statements:
     """The statements above, composed for one schema."""
@@ -791,6 +1023,11 @@ class Statements:
     def channel(self) -> str:
         """The NOTIFY channel workers of this schema listen on."""
         return channel_for(self.schema)
+
+    @property
+    def finished_channel(self) -> str:
+        """The channel announcing finished job ids (``app.wait_for``)."""
+        return finished_channel_for(self.schema)
 
     @property
     def listen(self) -> sql.Composed:

@@ -29,6 +29,7 @@ from psycopg.rows import args_row
 from psycopg.sql import Composed
 
 from . import sql as S
+from .jobinfo import JobInfo
 from .sql import Statements, compose, statements
 
 #: Flushes of at most this many outcomes use a prepared statement (see the module doc).
@@ -79,6 +80,22 @@ class Written:
     succeeded: int
     retried: int
     dead_lettered: int
+    snoozed: int = 0
+    cancelled: int = 0
+
+    @property
+    def total(self) -> int:
+        return (self.succeeded + self.retried + self.dead_lettered + self.snoozed
+                + self.cancelled)
+
+
+@dataclass(frozen=True, slots=True)
+class KeptResult:
+    """A succeeded job's JSON return value, kept ``ttl`` seconds (``result_ttl``)."""
+
+    job: ClaimedJob
+    value: str  # JSON text
+    ttl: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +142,18 @@ class QueueStats:
     dead: int
     oldest_pending_age_seconds: float | None
     limit: int | None
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    """One row of ``pgjobs queues list`` (its ``--json`` keys)."""
+
+    name: str
+    limit: int | None
+    paused: bool
+    pending: int
+    running: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +187,7 @@ class DeadLetter:
     error: str
     created_at: dt.datetime
     failed_at: dt.datetime
+    reason: str = "failed"
 
 
 # --- the store ----------------------------------------------------------------------------
@@ -224,29 +254,51 @@ class JobStore:
         dead: Sequence[tuple[ClaimedJob, str]],
         durations: Sequence[tuple[int, float]],
         now: dt.datetime | None,
+        cancelled: Sequence[tuple[ClaimedJob, str]] = (),
+        snoozed: Sequence[tuple[ClaimedJob, float]] = (),
+        results: Sequence[KeptResult] = (),
     ) -> Written:
-        """One statement: successes leave ``jobs``, retries go back to pending after
-        their delay, dead letters move to ``dead_letters``; every write guarded by the
-        lease token. Error texts must already be storable."""
+        """One statement: successes leave ``jobs`` (keeping ``results`` of tasks with
+        ``result_ttl``), retries go back to pending after their delay, snoozes too with
+        their attempt given back, dead letters and cancelled jobs move to
+        ``dead_letters``; every write guarded by the lease token; finished ids are
+        announced on the finish channel. Error texts must already be storable."""
+        retries: list[tuple[ClaimedJob, float, str | None, str]] = [
+            (j, delay, error, "f") for j, delay, error in retried]
+        retries += [(j, delay, None, "t") for j, delay in snoozed]
+        ended = [(j, error, "failed") for j, error in dead]
+        ended += [(j, error, "cancelled") for j, error in cancelled]
         params = {
             "now": now,
             "ok_ids": array_literal(j.id for j in succeeded),
             "ok_tokens": array_literal(j.token for j in succeeded),
-            "retry_ids": array_literal(j.id for j, _, _ in retried),
-            "retry_tokens": array_literal(j.token for j, _, _ in retried),
-            "retry_delays": array_literal(delay for _, delay, _ in retried),
-            "retry_errors": [error for _, _, error in retried],
-            "dead_ids": array_literal(j.id for j, _ in dead),
-            "dead_tokens": array_literal(j.token for j, _ in dead),
-            "dead_errors": [error for _, error in dead],
+            "retry_ids": array_literal(j.id for j, _, _, _ in retries),
+            "retry_tokens": array_literal(j.token for j, _, _, _ in retries),
+            "retry_delays": array_literal(delay for _, delay, _, _ in retries),
+            "retry_errors": [error for _, _, error, _ in retries],
+            "retry_uncharged": array_literal(flag for _, _, _, flag in retries),
+            "dead_ids": array_literal(j.id for j, _, _ in ended),
+            "dead_tokens": array_literal(j.token for j, _, _ in ended),
+            "dead_errors": [error for _, error, _ in ended],
+            "dead_reasons": array_literal(reason for _, _, reason in ended),
             "all_ids": array_literal(i for i, _ in durations),
             "all_durations": array_literal(d for _, d in durations),
+            "finished_channel": self.sql.finished_channel,
+            # Tasks with result_ttl only: empty arrays (and a skipped branch) otherwise.
+            "res_ids": array_literal(r.job.id for r in results),
+            "res_values": [r.value for r in results],
+            "res_ttls": array_literal(r.ttl for r in results),
+            "res_args": [r.job.args if isinstance(r.job.args, str) else None
+                         for r in results],
+            "res_attempts": array_literal(r.job.attempt for r in results),
+            "res_max_attempts": array_literal(r.job.max_attempts for r in results),
+            "res_created": [r.job.created_at for r in results],
         }
-        total = len(succeeded) + len(retried) + len(dead)
+        total = len(succeeded) + len(retries) + len(ended)
         prepare = self.prepare and total <= PREPARED_FLUSH_MAX
         row = conn.execute(self._q(S.COMPLETE_BATCH), params, prepare=prepare).fetchone()
         assert row is not None
-        return Written(int(row[0]), int(row[1]), int(row[2]))
+        return Written(int(row[0]), int(row[1]), int(row[2]), int(row[4]), int(row[5]))
 
     def release(self, conn: Conn, jobs: Sequence[ClaimedJob]) -> int:
         """Shutdown: back to pending without charging the attempt; returns how many."""
@@ -269,6 +321,12 @@ class JobStore:
                   "lease_seconds": lease_seconds}
         cur = conn.cursor(row_factory=args_row(Renewal))
         return cur.execute(self._q(S.RENEW_LEASES), params, prepare=False).fetchall()
+
+    def cancel_requests(self, conn: Conn, *, worker_id: str) -> list[int]:
+        """This worker's running jobs someone asked to cancel (a plain read)."""
+        rows = conn.execute(self._q(S.CANCEL_REQUESTS_OF_WORKER), {"worker_id": worker_id},
+                            prepare=self.prepare).fetchall()
+        return [int(r[0]) for r in rows]
 
     def rescue_expired(self, conn: Conn, *, limit: int,
                        now: dt.datetime | None) -> list[RescuedJob]:
@@ -313,6 +371,10 @@ class JobStore:
         return self._count(conn, self._q(S.PRUNE_DEAD_LETTERS_BATCH),
                            {"now": now, "seconds": older_than, "limit": limit})
 
+    def prune_results(self, conn: Conn, *, limit: int, now: dt.datetime | None) -> int:
+        """Kept results past their ``result_ttl``."""
+        return self._count(conn, self._q(S.PRUNE_RESULTS_BATCH), {"now": now, "limit": limit})
+
     def prune_workers(self, conn: Conn, *, older_than: float, limit: int,
                       now: dt.datetime | None) -> int:
         return self._count(conn, self._q(S.PRUNE_WORKERS_BATCH),
@@ -333,6 +395,44 @@ class JobStore:
     def queue_stats(self, conn: Conn) -> list[QueueStats]:
         cur = conn.cursor(row_factory=args_row(QueueStats))
         return cur.execute(self._q(S.QUEUE_STATS)).fetchall()
+
+    def queue_list(self, conn: Conn) -> list[QueueRow]:
+        cur = conn.cursor(row_factory=args_row(QueueRow))
+        return cur.execute(self._q(S.QUEUE_LIST)).fetchall()
+
+    def set_queue_paused(self, conn: Conn, queue: str, paused: bool) -> None:
+        conn.execute(self._q(S.SET_QUEUE_PAUSED),
+                     {"queue": queue, "paused": paused, "channel": self.sql.channel})
+
+    # --- lifecycle (the caller's transaction) --------------------------------------------
+
+    def cancel(self, conn: Conn, job_id: int) -> str | None:
+        """``"cancelled"`` (pending), ``"cancelling"`` (running), None (no live job)."""
+        params = {"id": job_id, "finished_channel": self.sql.finished_channel}
+        if conn.execute(self._q(S.CANCEL_PENDING), params).fetchall():
+            return "cancelled"
+        params = {"id": job_id, "channel": self.sql.channel, "cancel_prefix": S.CANCEL_PREFIX}
+        if conn.execute(self._q(S.CANCEL_RUNNING), params).fetchall():
+            return "cancelling"
+        return None
+
+    def complete_in_transaction(self, conn: Conn, job_id: int, token: str) -> bool:
+        """Delete the running job if ``token`` still holds its lease."""
+        params = {"id": job_id, "token": token, "finished_channel": self.sql.finished_channel}
+        return bool(conn.execute(self._q(S.COMPLETE_IN_TRANSACTION), params).fetchall())
+
+    def get_job(self, conn: Conn, job_id: int, *,
+                now: dt.datetime | None = None) -> JobInfo | None:
+        cur = conn.cursor(row_factory=args_row(JobInfo))
+        return cur.execute(self._q(S.GET_JOB), {"id": job_id, "now": now}).fetchone()
+
+    def list_jobs(self, conn: Conn, *, queue: str | None, task: str | None,
+                  state: str | None, before: int | None, limit: int,
+                  window: int = 10_000) -> list[JobInfo]:
+        cur = conn.cursor(row_factory=args_row(JobInfo))
+        return cur.execute(self._q(S.LIST_JOBS), {
+            "queue": queue, "task": task, "state": state, "before": before,
+            "limit": limit, "window": window}).fetchall()
 
     def recent_throughput(self, conn: Conn) -> dict[str, tuple[int, int]]:
         """Per queue: (succeeded, failed) in the last complete minute."""

@@ -198,6 +198,7 @@ class Task(_JobFactory[P], Generic[P, R]):
         timeout: float | None,
         backoff: Backoff | None,
         priority: int,
+        result_ttl: float | None = None,
     ) -> None:
         self.app = app
         self.fn = fn
@@ -209,6 +210,11 @@ class Task(_JobFactory[P], Generic[P, R]):
         self.timeout = timeout
         self.backoff = backoff
         self.priority = validate_priority(priority)
+        if result_ttl is not None and not (0 < result_ttl < float("inf")):
+            raise ValueError(f"result_ttl must be a positive number of seconds, got "
+                             f"{result_ttl!r}")
+        #: Seconds a success (and its JSON return value) stays visible to app.get_job.
+        self.result_ttl = float(result_ttl) if result_ttl is not None else None
         self._task = self
         self._options = EnqueueOptions()
         self.__doc__ = fn.__doc__

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..retry import default_backoff
-from ..store import ClaimedJob, JobStore
+from ..store import ClaimedJob, JobStore, KeptResult
 from .clock import Clock
 from .dbconn import ResilientConnection
 from .errortext import first_line, storable
@@ -152,24 +152,43 @@ class Completer(ThreadService):
         succeeded: list[ClaimedJob] = []
         retried: list[tuple[ClaimedJob, float, str]] = []
         dead: list[tuple[ClaimedJob, str]] = []
+        cancelled: list[tuple[ClaimedJob, str]] = []
+        snoozed: list[tuple[ClaimedJob, float]] = []
+        results: list[KeptResult] = []
         for r in batch:
             if r.outcome is Outcome.SUCCEEDED:
                 succeeded.append(r.job)
+                if r.result is not None and r.result_ttl:
+                    results.append(KeptResult(r.job, r.result, r.result_ttl))
             elif r.outcome is Outcome.RETRY:
                 retried.append((r.job, r.delay, storable(r.error or "failed")))
+            elif r.outcome is Outcome.SNOOZED:
+                snoozed.append((r.job, r.delay))
+            elif r.outcome is Outcome.CANCELLED:
+                cancelled.append((r.job, storable(r.error or "cancelled")))
             else:
                 dead.append((r.job, storable(r.error or "failed")))
         durations = [(r.job.id, r.duration) for r in batch]
         now = self._clock.sql_now()
         written = self._conn.run(lambda c: self._store.complete(
-            c, succeeded=succeeded, retried=retried, dead=dead, durations=durations, now=now))
+            c, succeeded=succeeded, retried=retried, dead=dead, durations=durations, now=now,
+            cancelled=cancelled, snoozed=snoozed, results=results))
         if written is None:  # aborted: the database stayed unreachable past shutdown
             return
+        # A job its handler completed in its own transaction is gone already: success.
+        self_completed = sum(1 for r in batch if r.outcome is Outcome.SUCCEEDED
+                             and self._in_hand.self_completed(r.job.id))
         self.stats.succeeded += written.succeeded
         self.stats.retried += written.retried
         self.stats.dead_lettered += written.dead_lettered
+        self.stats.cancelled += written.cancelled
+        self.stats.snoozed += written.snoozed
         self.stats.timed_out += sum(1 for r in batch if r.timed_out)
-        missing = len(batch) - (written.succeeded + written.retried + written.dead_lettered)
+        missing = len(batch) - written.total
+        if missing and self_completed:
+            taken = min(missing, self_completed)
+            self.stats.succeeded += taken
+            missing -= taken
         if missing:
             log.warning("%d outcome(s) not written: their lease was lost (the job was "
                         "rescued and may run again)", missing)

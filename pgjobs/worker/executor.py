@@ -25,11 +25,13 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from ..context import JobContext, reset_current, set_current
-from ..errors import JobTimeout
+from ..errors import JobCancelled, JobTimeout, Snooze
+from ..lifecycle import Lease, result_json
 from ..retry import is_permanent, retry_delay
 from ..tracing import TracingSwitch, end_process_span, get_tracer, process_span
 from .clock import Clock
 from .errortext import format_error
+from .inhand import InHand
 from .jobs import ClaimedJob, Outcome, Result
 
 if TYPE_CHECKING:
@@ -76,8 +78,12 @@ class ExecutorPool:
         worker_name: str,
         clock: Clock,
         tracer_provider: Any = None,
+        in_hand: InHand | None = None,
     ) -> None:
         self._app = app
+        # Cancel flags of the jobs in hand (see worker/cancellation.py); a private map
+        # when the pool runs alone (component tests).
+        self._in_hand = in_hand if in_hand is not None else InHand()
         self._clock = clock
         self._tracing = TracingSwitch(tracer_provider)
         self._tracer = get_tracer(tracer_provider)
@@ -218,24 +224,46 @@ class ExecutorPool:
         problem = self._argument_problem(job.task, args, task.fn)
         if problem:
             return Result(job, Outcome.DEAD, error=problem), None
+        flag = self._in_hand.cancel_flag(job.id)
+        if flag.requested:  # cancelled while prefetched: never started
+            return Result(job, Outcome.CANCELLED, error="cancelled before it started"), None
         ctx = JobContext(
             id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
             max_attempts=job.max_attempts, args=args, enqueued_at=job.created_at,
             deadline=started + timeout if timeout else None,
             _borrow=lambda: self._borrow_tracked(running),
+            _cancel=flag, _lease=self.lease(job),
         )
         token = set_current(ctx)
         try:
             outcome = task.fn(**args)
             if inspect.isawaitable(outcome):
-                asyncio.run(_await(outcome))
+                outcome = asyncio.run(_await(outcome))
         except JobTimeout as exc:
             return self._timeout_result(job, timeout or 0.0, self._clock.monotonic() - started), exc
         except BaseException as exc:
             return self.failure(job, exc, self._clock.monotonic() - started), exc
         finally:
             reset_current(token)
-        return Result(job, Outcome.SUCCEEDED, duration=self._clock.monotonic() - started), None
+        return self.success(job, task, outcome, self._clock.monotonic() - started), None
+
+    def lease(self, job: ClaimedJob) -> Lease:
+        """What ``current_job().complete(conn)`` uses for ``job``."""
+        return Lease(job.id, job.token, self._app.sql,
+                     lambda: self._in_hand.mark_self_completed(job.id))
+
+    def success(self, job: ClaimedJob, task: Any, value: Any, duration: float) -> Result:
+        """A handler returned ``value``: kept as JSON for tasks with ``result_ttl`` (a
+        value that is not JSON fails the attempt), ignored otherwise."""
+        ttl = getattr(task, "result_ttl", None)
+        if not ttl:
+            return Result(job, Outcome.SUCCEEDED, duration=duration)
+        try:
+            encoded = result_json(job.task, value)
+        except TypeError as exc:
+            return self.failure(job, exc, duration)
+        return Result(job, Outcome.SUCCEEDED, duration=duration, result=encoded,
+                      result_ttl=float(ttl))
 
     @contextmanager
     def _borrow_tracked(self, running: _Running) -> Iterator[psycopg.Connection[Any]]:
@@ -249,7 +277,13 @@ class ExecutorPool:
     # --- outcomes ------------------------------------------------------------------------
 
     def failure(self, job: ClaimedJob, exc: BaseException, duration: float) -> Result:
-        """Classify a handler's exception: dead letter now, or retry after backoff."""
+        """Classify a handler's exception: snoozed; cancelled (after a cancel request,
+        whatever the error); dead letter now; or retry after backoff."""
+        if isinstance(exc, Snooze):
+            return Result(job, Outcome.SNOOZED, delay=exc.seconds, duration=duration)
+        if isinstance(exc, JobCancelled) or self._in_hand.cancel_requested(job.id):
+            return Result(job, Outcome.CANCELLED, duration=duration,
+                          error=f"cancelled on attempt {job.attempt}: {format_error(exc)}")
         error = format_error(exc)
         if is_permanent(exc):
             return Result(job, Outcome.DEAD, error=f"permanent error: {error}",
@@ -267,6 +301,9 @@ class ExecutorPool:
                       timed_out=timed_out)
 
     def _timeout_result(self, job: ClaimedJob, timeout: float, duration: float) -> Result:
+        if self._in_hand.cancel_requested(job.id):
+            return Result(job, Outcome.CANCELLED, duration=duration, timed_out=True,
+                          error=f"cancelled, then timed out after {timeout:g}s")
         return self._retry_or_bury(
             job, f"JobTimeout: task {job.task!r} exceeded its timeout of {timeout:g}s",
             duration, timed_out=True)

@@ -23,6 +23,10 @@ from .stats import WorkerStats
 
 log = logging.getLogger("pgjobs.worker")
 
+#: How often the jobs in hand are checked for cancel requests (the fallback when the
+#: NOTIFY is missed): a plain read of a tiny partial index, never a lock wait.
+CANCEL_POLL_INTERVAL = 0.5
+
 
 class Heartbeat(ThreadService):
     """Lease renewals and this worker's registration."""
@@ -46,16 +50,35 @@ class Heartbeat(ThreadService):
 
     def loop(self) -> None:
         interval = self._settings.heartbeat_interval
-        while not self.stopping.wait(interval):
+        tick = min(CANCEL_POLL_INTERVAL, interval)
+        waited = 0.0
+        while not self.stopping.wait(tick):
+            waited += tick
             try:
-                self.beat()
+                if waited >= interval - 1e-6:
+                    waited = 0.0
+                    self.beat()
+                else:
+                    self.poll_cancels()
             except Exception:
                 log.exception("heartbeat: unexpected error; trying again")
 
     def beat(self) -> None:
-        """Renew leases (what expires), then the workers row."""
+        """Renew leases (what expires), then the workers row, then cancel requests."""
         self.renew_leases()
         self._conn.run(self.register)
+        self.poll_cancels()
+
+    def poll_cancels(self) -> None:
+        """Flag the jobs in hand that someone asked to cancel (NOTIFY's fallback)."""
+        if not len(self._in_hand):
+            return
+        ids = self._conn.run(lambda c: self._store.cancel_requests(
+            c, worker_id=self._worker_id))
+        if ids:
+            flagged = self._in_hand.request_cancel(ids)
+            if flagged:
+                log.info("cancel requested for job(s) %s", flagged[:20])
 
     def register(self, conn: Conn) -> None:
         """Insert or refresh this worker's ``workers`` row."""
@@ -108,7 +131,8 @@ class Heartbeat(ThreadService):
         ours = {r.id for r in rows}
         # Jobs finished since the snapshot are gone from in_hand; only the rest were lost.
         still_held = set(self._in_hand.snapshot()[0])
-        lost = [i for i in ids if i not in ours and i in still_held]
+        lost = [i for i in ids if i not in ours and i in still_held
+                and not self._in_hand.self_completed(i)]
         if lost:
             self._stats.lost_leases += len(lost)
             self._in_hand.remove(lost)

@@ -17,6 +17,8 @@ class Outcome(enum.Enum):
     RETRY = "retried"
     DEAD = "dead_lettered"
     RELEASE = "released"  # shutdown: back to pending, attempt not charged
+    CANCELLED = "cancelled"  # app.cancel: to dead_letters with reason 'cancelled'
+    SNOOZED = "snoozed"  # pgjobs.Snooze: back to pending after `delay`, attempt given back
 
 
 @dataclass(slots=True)
@@ -30,3 +32,5 @@ class Result:
     duration: float = 0.0
     timed_out: bool = False
     pickup_latency: float | None = None
+    result: str | None = None  # JSON return value, kept for tasks with result_ttl
+    result_ttl: float | None = None

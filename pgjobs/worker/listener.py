@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from ..config import redact_text
+from ..sql import CANCEL_PREFIX
 from ..store import JobStore
 from .clock import Clock
 from .dbconn import CONNECTION_ERRORS, KEEPALIVE_OPTIONS
@@ -50,6 +51,7 @@ class Listener(ThreadService):
         worker_id: str,
         on_wake: Callable[[], None],
         application_name: str,
+        on_cancel: Callable[[list[int]], object] | None = None,
     ) -> None:
         super().__init__()
         self._store = store
@@ -57,6 +59,7 @@ class Listener(ThreadService):
         self._clock = clock
         self._queues = set(settings.queues) if settings.queues is not None else None
         self._on_wake = on_wake
+        self._on_cancel = on_cancel
         self._stopping = self.stopping
         self.ping_payload = f"{PING_PREFIX}{worker_id}"
         self._ping_timeout = settings.ping_timeout
@@ -111,6 +114,11 @@ class Listener(ThreadService):
                 if payload.startswith(PING_PREFIX):
                     if payload == self.ping_payload:
                         self._ping_heard_at = self._clock.monotonic()
+                elif payload.startswith(CANCEL_PREFIX):  # app.cancel of a running job
+                    if self._on_cancel is not None:
+                        job_id = payload[len(CANCEL_PREFIX):]
+                        if job_id.isdigit():
+                            self._on_cancel([int(job_id)])
                 elif self._queues is None or payload in self._queues:
                     self._on_wake()
             sent = self._ping_sent_at

@@ -221,7 +221,16 @@ class Retention:
                 if n < RETENTION_BATCH or (self._stopping and self._stopping.is_set()):
                     break
             counts.append(total)
+        total = 0
+        while True:  # kept results past their result_ttl
+            with session.bounded() as conn:
+                n = self._store.prune_results(conn, limit=RETENTION_BATCH,
+                                              now=self._clock.sql_now())
+            total += n
+            if n < RETENTION_BATCH or (self._stopping and self._stopping.is_set()):
+                break
+        counts.append(total)
         if any(counts):
             log.info("retention: pruned %d history row(s), %d dead letter(s), %d stale "
-                     "worker row(s)", *counts)
+                     "worker row(s), %d expired result(s)", *counts)
 

@@ -270,7 +270,7 @@ class Worker:
         self.executors = ExecutorPool(
             self.app, self.concurrency, self._buffer, report=self._report,
             borrow=self._borrow_connection, worker_name=self.id, clock=clock,
-            tracer_provider=self.app.tracer_provider)
+            tracer_provider=self.app.tracer_provider, in_hand=self._in_hand)
         self.heartbeat = Heartbeat(
             store, self._heartbeat_conn, clock, s, worker_id=self.id, in_hand=self._in_hand,
             stats=self.stats, executors_busy=self.executors.busy)
@@ -282,7 +282,8 @@ class Worker:
             self.listener = Listener(store, self.listen_database_url or url, clock, s,
                                      worker_id=self.id,
                                      on_wake=self.fetcher.wake,
-                                     application_name=self._application_name)
+                                     application_name=self._application_name,
+                                     on_cancel=self._in_hand.request_cancel)
             plugins.append(ListenerPing(self.listener, s.ping_interval))
         self.maintenance = MaintenanceService(store, self._maintenance_conn, clock,
                                               plugins + self.plugins,
@@ -306,6 +307,12 @@ class Worker:
         assert self.completer is not None and self.fetcher is not None
         self.completer.report(result)
         self.fetcher.job_finished()
+
+    def _release(self, job: ClaimedJob) -> Result:
+        """Shutdown: back to pending uncharged, unless someone asked to cancel it."""
+        if self._in_hand.cancel_requested(job.id):
+            return Result(job, Outcome.CANCELLED, error="cancelled (its worker was stopping)")
+        return Result(job, Outcome.RELEASE)
 
     def _outcomes_written(self, batch: list[Result]) -> None:
         hook = self.on_outcomes
@@ -412,7 +419,7 @@ class Worker:
                 break
             if job is not None:
                 unstarted += 1
-                self._report(Result(job, Outcome.RELEASE))
+                self._report(self._release(job))
         self.executors.stop_threads()
         running = len(self.executors.running_jobs())
         if running:
@@ -424,7 +431,7 @@ class Worker:
                         "without charging the attempt: %s", len(abandoned),
                         [j.id for j in abandoned][:20])
             for job in abandoned:
-                self._report(Result(job, Outcome.RELEASE))
+                self._report(self._release(job))
         self.executors.stop_watchdog()
         self.completer.stop()
         if not self.completer.join(15.0):

@@ -20,7 +20,9 @@ class WorkerStats:
     released: int = 0
     rescued: int = 0
     lost_leases: int = 0
+    cancelled: int = 0  # ended cancelled (dead_letters, reason 'cancelled')
+    snoozed: int = 0
 
     @property
     def finished(self) -> int:
-        return self.succeeded + self.dead_lettered
+        return self.succeeded + self.dead_lettered + self.cancelled
