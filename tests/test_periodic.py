@@ -541,3 +541,26 @@ def test_a_worker_ticks_on_the_clock_it_is_given_and_runs_the_jobs(pg_url, schem
     # Ticks of the given clock's time (July 2026), not of the database's.
     assert (dt.datetime(2026, 7, 1, 12, 3, tzinfo=UTC) <= row["last_tick"]
             < dt.datetime(2026, 7, 1, 14, 0, tzinfo=UTC))
+
+
+def test_a_worker_whose_role_cannot_register_schedules_refuses_to_start(pg_url, schema, db):
+    import uuid
+
+    role = f"periodic_norights_{uuid.uuid4().hex[:8]}"
+    ident = sql.Identifier(role)
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(ident))
+    try:
+        db.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), ident))
+        db.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(
+            sql.Identifier(schema), ident))  # enough to pass the schema check, no writes
+        url = psycopg.conninfo.make_conninfo(pg_url, user=role)
+        app = _app_with(url, schema, "every-minute")
+        worker = app.worker(concurrency=1, install_signal_handlers=False)
+        with pytest.raises(pgjobs.ConfigurationError) as info:
+            worker.run()
+        assert "cannot register this App's periodic schedules" in str(info.value)
+        assert "permission denied" in str(info.value) and "\n" not in str(info.value)
+        assert count(db, schema, "workers") == 0  # refused before anything started
+    finally:
+        db.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+        db.execute(sql.SQL("DROP ROLE {}").format(ident))
