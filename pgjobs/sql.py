@@ -611,6 +611,8 @@ WITH gone AS (
 SELECT count(*) FROM gone
 """
 
+# No SKIP LOCKED here: row locks need UPDATE, which the least-privilege worker role has
+# on no column of dead_letters (see roles.py); the statement_timeout bounds any wait.
 PRUNE_DEAD_LETTERS_BATCH = """
 WITH gone AS (
     DELETE FROM {schema}.dead_letters
@@ -620,7 +622,6 @@ WITH gone AS (
                           - %(seconds)s::float8 * interval '1 second'
         ORDER BY failed_at
         LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
     )
     RETURNING 1
 )

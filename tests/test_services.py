@@ -352,3 +352,12 @@ def test_run_stops_waiting_for_the_database_when_stopped():
     thread.join(10)
     assert not thread.is_alive() and worker.stopped.is_set()
 
+
+
+def test_run_does_not_wait_for_a_database_that_does_not_exist(pg_url):
+    url = pg_url.rsplit("/", 1)[0] + "/no_such_database_w8"
+    worker = pgjobs.App(url, schema="pgjobs").worker(
+        concurrency=1, install_signal_handlers=False, wait_for_database=600)
+    with pytest.raises(pgjobs.ConfigurationError) as info:
+        worker.run()  # would block for 10 minutes if it waited
+    assert "does not exist" in str(info.value) and "waited" not in str(info.value)

@@ -203,14 +203,14 @@ class Worker:
                 raise ConfigurationError(describe_connect_error(exc, url)) from exc
             except CONNECTION_ERRORS as exc:
                 left = deadline - self.clock.monotonic()
-                if left <= 0:
-                    raise ConfigurationError(
-                        describe_connect_error(exc, url)
-                        + f" (waited {self.settings.wait_for_database:g}s: "
-                        "--wait-for-database)") from exc
-                if delay == 0.1:
-                    log.info("database not reachable yet; retrying for up to %.0fs",
-                             max(left, 0.0))
+                if left <= 0 or not _may_come_up(exc):
+                    waited = (f" (waited {self.settings.wait_for_database:g}s: "
+                              "--wait-for-database)" if _may_come_up(exc) else "")
+                    raise ConfigurationError(describe_connect_error(exc, url) + waited
+                                             ) from exc
+                if delay == 0.1:  # DEBUG: the CLI's contract is one line if it gives up
+                    log.debug("database not reachable yet; retrying for up to %.0fs",
+                              max(left, 0.0))
                 if self._stop_requested.wait(min(delay, max(left, 0.0))):
                     return False
                 delay = min(delay * 2, 1.0)
@@ -452,3 +452,18 @@ class Worker:
         log.info("worker %s stopped: %d succeeded, %d retried, %d dead-lettered, %d returned "
                  "to pending (%d never started)", self.id, self.stats.succeeded,
                  self.stats.retried, self.stats.dead_lettered, self.stats.released, unstarted)
+
+
+# Server answers that waiting may cure (libpq gives connection failures no SQLSTATE).
+_TRANSIENT_SERVER_ANSWERS = ("starting up", "shutting down", "in recovery", "too many clients",
+                             "remaining connection slots")
+
+
+def _may_come_up(exc: BaseException) -> bool:
+    """True for a database that is not reachable *yet* (refused, unresolved, timing out,
+    starting up, full); False for answers that waiting cannot change (unknown database
+    or role, bad password, a malformed option)."""
+    text = str(exc)
+    if "FATAL:" in text:
+        return any(answer in text for answer in _TRANSIENT_SERVER_ANSWERS)
+    return "invalid" not in text.lower()
