@@ -78,24 +78,30 @@ def _children_registered(db, schema, supervisor: WorkerProcess, n: int) -> set[i
     return wait_until(children, 60, message=f"{n} children in workers")
 
 
+def _running_pids(db, schema) -> set[int]:
+    return {pid for _, _, pid in _executions(db, schema, "start")}
+
+
 def test_each_child_is_a_worker_and_sigterm_drains_them_all_exit_0(env, pg_url, schema, db):
-    ids = _enqueue(env, pg_url, "sleepy", 4, seconds=1.5)
     supervisor = WorkerProcess(pg_url, schema, "--processes", "2", "--concurrency", "2",
                                "--shutdown-timeout", "30")
     try:
         children = _children_registered(db, schema, supervisor, 2)
-        # Every job running: 2 children x 2 executors, each child its own worker.
-        wait_until(lambda: len(_executions(db, schema, "start")) == 4, 60,
-                   message="4 jobs running")
-        assert {pid for _, _, pid in _executions(db, schema, "start")} <= children
+        # Each child claims at most 2 running + 2 prefetched: both get jobs.
+        _enqueue(env, pg_url, "sleepy", 8, seconds=2.0)
+        wait_until(lambda: _running_pids(db, schema) == children, 60,
+                   message="jobs running in both children")
         supervisor.signal(signal.SIGTERM)
         assert supervisor.wait(90) == 0, supervisor.log
     finally:
         supervisor.kill()
+    started = {job for job, _, _ in _executions(db, schema, "start")}
     done = _executions(db, schema, "done")
-    assert sorted(job for job, _, _ in done) == sorted(ids)  # every running job finished
+    assert {job for job, _, _ in done} == started  # every running job finished
     assert all(attempt == 1 for _, attempt, _ in done)
-    assert count(db, schema, "jobs") == 0
+    # Claimed but never started: back to pending, the attempt not charged.
+    assert count(db, schema, "jobs") == count(db, schema, "jobs",
+                                              "state = 'pending' AND attempts = 0")
     assert _worker_pids(db, schema) == set()  # both unregistered on their way out
     assert supervisor.log.count("SIGTERM: draining") == 2  # forwarded once to each child
     assert "all 2 worker processes stopped cleanly" in supervisor.log
@@ -103,11 +109,11 @@ def test_each_child_is_a_worker_and_sigterm_drains_them_all_exit_0(env, pg_url, 
 
 
 def test_a_sigkilled_child_is_restarted_and_nothing_is_lost(env, pg_url, schema, db):
-    ids = _enqueue(env, pg_url, "sleepy", 12, seconds=0.5)
     supervisor = WorkerProcess(pg_url, schema, "--processes", "2", "--concurrency", "2",
                                "--lease-timeout", "2")
     try:
         children = _children_registered(db, schema, supervisor, 2)
+        ids = _enqueue(env, pg_url, "sleepy", 12, seconds=0.5)
         running = wait_until(lambda: {pid for _, _, pid in _executions(db, schema, "start")},
                              60, message="a job running")
         victim = sorted(running & children)[0]
@@ -136,18 +142,20 @@ def test_a_sigkilled_child_is_restarted_and_nothing_is_lost(env, pg_url, schema,
 
 
 def test_a_second_signal_kills_the_children_at_once(env, pg_url, schema, db):
-    _enqueue(env, pg_url, "sleepy", 2, seconds=120)
     supervisor = WorkerProcess(pg_url, schema, "--processes", "2", "--concurrency", "1",
                                "--shutdown-timeout", "120")
     try:
         children = _children_registered(db, schema, supervisor, 2)
-        wait_until(lambda: len(_executions(db, schema, "start")) == 2, 60,
-                   message="both jobs running")
+        _enqueue(env, pg_url, "sleepy", 4, seconds=120)  # 1 running + 1 prefetched each
+        wait_until(lambda: _running_pids(db, schema) == children, 60,
+                   message="a job running in each child")
         supervisor.signal(signal.SIGTERM)
         wait_until(lambda: "asking 2 worker processes to drain" in supervisor.log, 30,
                    message="the drain under way")
         wait_until(lambda: supervisor.log.count("SIGTERM: draining") == 2, 30,
                    message="both children draining")
+        wait_until(lambda: count(db, schema, "jobs", "state = 'pending'") == 2, 30,
+                   message="the prefetched jobs handed back by the drain")
         supervisor.signal(signal.SIGTERM)
         assert supervisor.wait(30) == 128 + signal.SIGTERM, supervisor.log
     finally:
@@ -155,7 +163,9 @@ def test_a_second_signal_kills_the_children_at_once(env, pg_url, schema, db):
     assert "second SIGTERM: killing" in supervisor.log
     assert not any(_alive(pid) for pid in children)
     assert not _executions(db, schema, "done")  # killed mid-job: leases will recover them
+    # The two running stay leased (rescued later); the prefetched went back at the drain.
     assert count(db, schema, "jobs", "state = 'running'") == 2
+    assert count(db, schema, "jobs", "state = 'pending' AND attempts = 0") == 2
 
 
 def test_refuses_more_connections_than_the_server_has_free(pg_url, schema, db):
