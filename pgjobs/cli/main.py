@@ -18,6 +18,7 @@ from . import (
     dead_letters,
     demo,
     enqueue,
+    jobs,
     migrate,
     periodic,
     queues,
@@ -64,6 +65,7 @@ cli.command()(work.work)
 cli.command()(enqueue.enqueue)
 cli.command()(stats.stats)
 cli.add_typer(queues.queues_cli, name="queues")
+cli.add_typer(jobs.jobs_cli, name="jobs")
 cli.add_typer(dead_letters.dead_cli, name="dead-letters")
 cli.add_typer(roles.roles_cli, name="roles")
 cli.add_typer(dashboards.dashboards_cli, name="dashboards")
