@@ -57,7 +57,7 @@ from .migrate import VERSION_TABLE, current_revision, head_revision
 
 #: The pgjobs objects privileges are managed on (tables, views, sequences).
 TABLES = ("jobs", "dead_letters", "queues", "workers", "job_history", "cron_schedules",
-          VERSION_TABLE)
+          "job_results", VERSION_TABLE)
 VIEWS = ("queue_stats", "worker_status", "throughput", "periodic_schedules")
 SEQUENCES = ("jobs_id_seq", "dead_letters_id_seq")
 
@@ -69,7 +69,10 @@ _JOBS_ENQUEUE_COLUMNS = ("id", "queue", "task", "args", "priority", "max_attempt
 _JOBS_LEASE_COLUMNS = ("state", "attempts", "next_run_at", "last_error", "lease_token",
                        "lease_expires_at", "worker_id", "started_at")
 _DEAD_LETTER_COLUMNS = ("job_id", "queue", "task", "args", "priority", "attempts",
-                        "max_attempts", "error", "created_at", "failed_at", "trace_context")
+                        "max_attempts", "error", "created_at", "failed_at", "trace_context",
+                        "reason")
+# The queue settings enqueue reads (limit) and claims read (paused queues are skipped).
+_QUEUE_LIMIT_COLUMNS = ("name", "pending_limit", "pending_limit_set")
 
 Grant = tuple[str, str, tuple[str, ...] | None]
 
@@ -77,7 +80,7 @@ PRIVILEGES: dict[str, tuple[Grant, ...]] = {
     "app": (
         ("INSERT", "jobs", _JOBS_ENQUEUE_COLUMNS),
         ("SELECT", "jobs", ("id", "queue", "state", "unique_key")),
-        ("SELECT", "queues", ("name", "pending_limit")),
+        ("SELECT", "queues", _QUEUE_LIMIT_COLUMNS),
         ("USAGE", "jobs_id_seq", None),
     ),
     "worker": (
@@ -86,7 +89,7 @@ PRIVILEGES: dict[str, tuple[Grant, ...]] = {
         ("DELETE", "jobs", None),
         ("INSERT", "dead_letters", _DEAD_LETTER_COLUMNS),
         # RETURNING of the rescue, and the retention's age filter; not args nor error.
-        ("SELECT", "dead_letters", ("id", "job_id", "queue", "task", "failed_at")),
+        ("SELECT", "dead_letters", ("id", "job_id", "queue", "task", "failed_at", "reason")),
         ("DELETE", "dead_letters", None),
         ("SELECT", "job_history", None),
         ("INSERT", "job_history", None),
@@ -99,14 +102,24 @@ PRIVILEGES: dict[str, tuple[Grant, ...]] = {
         ("DELETE", "workers", None),
         ("SELECT", VERSION_TABLE, None),
         ("SELECT", "queue_stats", None),
+        # Claims skip paused queues; periodic ticks check the queue's limit.
+        ("SELECT", "queues", (*_QUEUE_LIMIT_COLUMNS, "paused")),
+        # Kept results (result_ttl): written by completions, pruned by retention (whose
+        # FOR UPDATE SKIP LOCKED needs an UPDATE privilege).
+        ("SELECT", "job_results", None),
+        ("INSERT", "job_results", None),
+        ("UPDATE", "job_results", ("result", "finished_at", "expires_at")),
+        ("DELETE", "job_results", None),
     ),
     "operator": (
         *(("SELECT", name, None) for name in (*TABLES, *VIEWS)),
         ("INSERT", "jobs", ("queue", "task", "args", "priority", "max_attempts",
                             "trace_context")),
         ("DELETE", "dead_letters", None),
-        ("INSERT", "queues", ("name", "pending_limit", "updated_at")),
-        ("UPDATE", "queues", ("pending_limit", "updated_at")),
+        # Limits (`queues limit`) and pauses (`queues pause|resume`).
+        ("INSERT", "queues", ("name", "pending_limit", "pending_limit_set", "paused",
+                              "updated_at")),
+        ("UPDATE", "queues", ("pending_limit", "pending_limit_set", "paused", "updated_at")),
     ),
     # Read-only dashboards and monitoring: look at everything, change nothing.
     "viewer": tuple(("SELECT", name, None) for name in (*TABLES, *VIEWS)),
