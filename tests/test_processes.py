@@ -60,11 +60,13 @@ def _parent_of(pid: int) -> int | None:
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie, exited but not yet reaped by its parent, is not)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    return True
+    return state != "Z"
 
 
 def _children_registered(db, schema, supervisor: WorkerProcess, n: int) -> set[int]:
@@ -214,3 +216,36 @@ def test_metrics_port_each_child_serves_on_port_plus_its_index(env, pg_url, sche
     finally:
         supervisor.kill()
     assert not any(_alive(pid) for pid in children)
+
+
+def test_a_child_that_cannot_start_stops_the_group_with_exit_2(env, pg_url, schema, db):
+    port = _free_port_pair()
+    with socket.socket() as taken:  # child 1's metrics port is busy: a configuration error
+        taken.bind(("127.0.0.1", port + 1))
+        taken.listen()
+        supervisor = WorkerProcess(pg_url, schema, "--processes", "2", "--concurrency", "1",
+                                   "--metrics-port", str(port))
+        try:
+            assert supervisor.wait(90) == 2, supervisor.log
+        finally:
+            supervisor.kill()
+    assert f"cannot serve metrics on 127.0.0.1:{port + 1}" in supervisor.log
+    assert "worker process 1" in supervisor.log and "exited with status 2 at start" in (
+        supervisor.log)
+    assert "restarted" not in supervisor.log  # restarting cannot fix it
+    wait_until(lambda: _worker_pids(db, schema) == set(), 30,
+               message="the other child drained and unregistered")
+
+
+def test_children_drain_when_the_supervisor_is_killed(env, pg_url, schema, db):
+    supervisor = WorkerProcess(pg_url, schema, "--processes", "2", "--concurrency", "1")
+    try:
+        children = _children_registered(db, schema, supervisor, 2)
+        supervisor.signal(signal.SIGKILL)
+        supervisor.wait(30)
+    finally:
+        supervisor.kill()
+    # PR_SET_PDEATHSIG: each child got SIGTERM, drained and unregistered; no orphans.
+    wait_until(lambda: not any(_alive(pid) for pid in children), 60,
+               message="children gone")
+    assert _worker_pids(db, schema) == set()
