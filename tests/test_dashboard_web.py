@@ -509,3 +509,52 @@ def test_periodic_page_lists_schedules_and_runs_one_now(client, db, schema):
     full = client.post("/actions/periodic/run-now", data={"id": "eu-report"})
     assert (flash(full.text) or "").startswith("Run now failed:")
     assert count(db, schema, "jobs") == 1
+
+
+def test_pause_and_resume_a_queue_from_the_queues_page(client, db, schema):
+    insert_job(db, schema, queue="mail")
+    page = client.get("/").text
+    assert 'action="/actions/queues/pause"' in page
+    response = client.post("/actions/queues/pause", data={"id": "mail", "next": "/"})
+    assert flash(response.text) == "1 queue(s) paused."
+    assert count(db, schema, "queues", "name = 'mail' AND paused") == 1
+    assert "badge paused" in response.text
+    assert 'action="/actions/queues/resume"' in response.text
+    # Pausing kept the App's default limit: no limit appears.
+    assert _cells(_table_row(response.text, "mail"))[6] == "—"
+    response = client.post("/actions/queues/resume", data={"id": "mail", "next": "/"})
+    assert flash(response.text) == "1 queue(s) resumed."
+    assert count(db, schema, "queues", "name = 'mail' AND NOT paused") == 1
+
+
+def test_cancel_pending_and_running_jobs(client, db, schema):
+    pending = insert_job(db, schema, queue="mail", task="send")
+    running = insert_job(db, schema, queue="mail", task="send", state="running")
+    assert 'formaction="/actions/jobs/cancel"' in client.get("/jobs").text
+    refused = client.post("/actions/jobs/cancel", data={"id": str(pending)})
+    assert "Nothing done" in (flash(refused.text) or "")
+    response = client.post("/actions/jobs/cancel", data={
+        "id": [str(pending), str(running)], "confirm": "yes", "next": "/jobs"})
+    assert flash(response.text) == (
+        "2 job(s) cancelled (pending) or asked to stop (running).")
+    assert count(db, schema, "jobs", "id = %s", [pending]) == 0
+    assert count(db, schema, "dead_letters", "job_id = %s AND reason = 'cancelled'",
+                 [pending]) == 1
+    assert count(db, schema, "jobs", "id = %s AND cancel_requested_at IS NOT NULL",
+                 [running]) == 1
+    assert "Cancel requested" in client.get(f"/jobs/{running}").text
+    # The cancelled job's page says what became of it; the dead letters list marks it.
+    gone = client.get(f"/jobs/{pending}")
+    assert gone.status_code == 200 and "state-cancelled" in gone.text
+    assert "state-cancelled" in client.get("/dead-letters").text
+
+
+def test_a_succeeded_job_with_a_kept_result_shows_it(client, db, schema):
+    db.execute(sql.SQL(
+        "INSERT INTO {} (job_id, queue, task, args, attempts, max_attempts, result, "
+        "created_at, finished_at, expires_at) VALUES (424242, 'mail', 'send', '{{}}', 1, 5, "
+        "%s::jsonb, now(), now(), now() + interval '1 hour')").format(
+        sql.Identifier(schema, "job_results")), ['{"sent": "<b>yes</b>"}'])
+    page = client.get("/jobs/424242")
+    assert page.status_code == 200 and "state-succeeded" in page.text
+    assert "&lt;b&gt;yes&lt;/b&gt;" in page.text

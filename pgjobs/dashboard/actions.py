@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from .. import admin, periodic_store
+from .. import admin, lifecycle, periodic_store
 from ..app import App
 from ..sql import Statements
 
@@ -178,6 +178,26 @@ def run_periodic_now(conn: psycopg.Connection[Any], sql: Statements, names: list
     return len(names)
 
 
+def cancel(conn: psycopg.Connection[Any], sql: Statements, ids: list[int]) -> int:
+    """``app.cancel`` each job: a pending one ends cancelled now, a running one is asked
+    to stop. Returns how many were live."""
+    return sum(1 for job_id in ids if lifecycle.cancel(conn, sql, job_id) is not None)
+
+
+def pause(conn: psycopg.Connection[Any], sql: Statements, names: list[str]) -> int:
+    """Pause queues: no worker claims from them; enqueue still works."""
+    for name in names:
+        admin.set_queue_paused(conn, sql, name, True)
+    return len(names)
+
+
+def resume(conn: psycopg.Connection[Any], sql: Statements, names: list[str]) -> int:
+    """Resume queues (their workers are woken)."""
+    for name in names:
+        admin.set_queue_paused(conn, sql, name, False)
+    return len(names)
+
+
 def purge(conn: psycopg.Connection[Any], sql: Statements, ids: list[int]) -> int:
     """Delete dead letters."""
     return conn.execute(sql.DASHBOARD_PURGE_DEAD_LETTERS, {"ids": ids}).rowcount
@@ -192,6 +212,13 @@ PERIODIC = register_target(Target("periodic", str, None, first_after=""))
 
 register(Action("jobs", "retry-now", "Retry now", retry_now, "{n} job(s) made due now",
                 offered_for=lambda row: bool(row.get("is_scheduled"))))
+register(Action("jobs", "cancel", "Cancel", cancel,
+                "{n} job(s) cancelled (pending) or asked to stop (running)", danger=True,
+                offered_for=lambda row: row.get("cancel_requested_at") is None))
+register(Action("queues", "pause", "Pause", pause, "{n} queue(s) paused",
+                offered_for=lambda row: row.get("paused") is False))
+register(Action("queues", "resume", "Resume", resume, "{n} queue(s) resumed",
+                offered_for=lambda row: row.get("paused") is True))
 register(Action("dead-letters", "requeue", "Requeue", requeue,
                 "{n} dead letter(s) requeued as new pending jobs"))
 register(Action("periodic", "run-now", "Run now", run_periodic_now,

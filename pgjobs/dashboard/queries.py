@@ -15,7 +15,9 @@ import psycopg
 from psycopg.rows import dict_row
 
 from .. import admin, periodic_store
+from ..jobinfo import JobInfo
 from ..sql import Statements
+from ..store import JobStore
 
 #: Queue counts stop here and show as "1,000+" (counting a queue reads at most about
 #: three times this many index entries); past it, totals are estimated from statistics.
@@ -73,7 +75,7 @@ class QueueRow:
     dead: Bounded = field(default_factory=lambda: Bounded(0))
     oldest_pending_age: float | None = None
     limit: int | None = None
-    # None until the queue pause feature lands in the schema: shown as "—".
+    # None when unknown (shown as "—").
     paused: bool | None = None
     # (minute, succeeded, failed) for each of the last 60 minutes, oldest first.
     throughput: list[tuple[dt.datetime, int, int]] = field(default_factory=list)
@@ -143,8 +145,12 @@ def queues_overview(conn: psycopg.Connection[Any], sql: Statements,
             estimate = _estimate(conn, sql.DASHBOARD_ESTIMATE_DEAD, row.name)
             if estimate is not None and estimate > cap:
                 row.dead = Bounded(estimate, estimate=True)
-    for queue, limit in conn.execute(sql.DASHBOARD_QUEUE_LIMITS, {"queues": names}).fetchall():
+    for row in rows.values():
+        row.paused = False
+    for queue, limit, paused in conn.execute(sql.DASHBOARD_QUEUE_LIMITS,
+                                             {"queues": names}).fetchall():
         rows[queue].limit = limit
+        rows[queue].paused = bool(paused)
     minutes = [_minute(now) - dt.timedelta(minutes=59 - i) for i in range(60)]
     per_queue: dict[str, dict[dt.datetime, tuple[int, int]]] = {}
     for queue, minute, succeeded, retried, dead in conn.execute(
@@ -305,6 +311,13 @@ def job(conn: psycopg.Connection[Any], sql: Statements, job_id: int) -> dict[str
     if row is not None:
         row["display_state"] = display_state(row)
     return row
+
+
+def finished_job(conn: psycopg.Connection[Any], sql: Statements,
+                 job_id: int) -> JobInfo | None:
+    """What became of a job that left ``jobs``: succeeded (while its result is kept),
+    dead or cancelled (while its dead letter is kept); None when nothing is known."""
+    return JobStore(sql).get_job(conn, job_id)
 
 
 def dead_letter(conn: psycopg.Connection[Any], sql: Statements,

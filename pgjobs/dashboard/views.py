@@ -113,8 +113,10 @@ async def job_page(request: Request) -> Response:
     job_id = request.path_params["job_id"]
     job = await dash.db.run(queries.job, job_id)
     if job is None:
-        return await dash.render(request, "gone.html", {"title": f"Job {job_id}",
-                                                        "job_id": job_id}, status_code=404)
+        info = await dash.db.run(queries.finished_job, job_id)
+        return await dash.render(request, "gone.html", {
+            "title": f"Job {job_id}", "job_id": job_id, "info": info,
+        }, status_code=200 if info is not None else 404)
     return await dash.render(request, "job.html", {
         "title": f"Job {job_id}", "job": job,
         "actions": [] if dash.read_only else registry.actions_for("jobs", job),

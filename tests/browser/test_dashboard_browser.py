@@ -195,3 +195,15 @@ def test_read_only_shows_no_action_that_works(page, read_only_dashboard, db, sch
     assert count(db, schema, "dead_letters") == 1
     # The only console error allowed is the browser reporting that refused fetch.
     assert all("403" in e for e in page.console.errors)
+
+
+def test_cancel_from_a_job_page_changes_the_database(page, dashboard, db, schema):
+    job = insert_job(db, schema, queue="mail", task="send", delay=3600)
+    page.goto(f"{dashboard}/jobs/{job}")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.click("form[action$='/actions/jobs/cancel'] button")
+    page.wait_for_selector(".flash")
+    assert "1 job(s) cancelled" in page.locator(".flash").inner_text()
+    assert count(db, schema, "jobs", "id = %s", [job]) == 0
+    assert count(db, schema, "dead_letters", "job_id = %s AND reason = 'cancelled'", [job]) == 1
+    assert page.console.errors == []
