@@ -1163,8 +1163,10 @@ DASHBOARD_ESTIMATE_DEAD = """
 EXPLAIN (FORMAT JSON) SELECT 1 FROM {schema}.dead_letters WHERE queue = %(queue)s::text
 """
 
+# A row written only to pause a queue keeps the App's default limit (pending_limit_set).
 DASHBOARD_QUEUE_LIMITS = """
-SELECT name, pending_limit FROM {schema}.queues WHERE name = ANY(%(queues)s::text[])
+SELECT name, CASE WHEN pending_limit_set THEN pending_limit END, paused
+FROM {schema}.queues WHERE name = ANY(%(queues)s::text[])
 """
 
 # Finished attempts per queue and minute over the last hour (job_history's primary key
@@ -1256,7 +1258,8 @@ ORDER BY id LIMIT %(limit)s
 DASHBOARD_JOB = """
 SELECT id, queue, task, args, state, priority, attempts, max_attempts, next_run_at,
        created_at, started_at, last_error, worker_id, lease_expires_at, unique_key,
-       trace_context, state = 'pending' AND next_run_at > now() AS is_scheduled
+       trace_context, state = 'pending' AND next_run_at > now() AS is_scheduled,
+       cancel_requested_at
 FROM {schema}.jobs WHERE id = %(id)s
 """
 
@@ -1272,7 +1275,7 @@ RETURNING id, queue
 # search: a case-insensitive substring of the error or the JSON arguments.
 DASHBOARD_DEAD_LETTERS_OLDER = """
 SELECT id, job_id, queue, task, left(args::text, 300) AS args, attempts, max_attempts,
-       left(error, 500) AS error, created_at, failed_at
+       left(error, 500) AS error, created_at, failed_at, reason
 FROM (
     SELECT * FROM {schema}.dead_letters
     WHERE (%(before)s::bigint IS NULL OR id < %(before)s)
@@ -1317,7 +1320,7 @@ ORDER BY id LIMIT %(limit)s
 
 DASHBOARD_DEAD_LETTER = """
 SELECT id, job_id, queue, task, args, priority, attempts, max_attempts, error, created_at,
-       failed_at, trace_context
+       failed_at, trace_context, reason
 FROM {schema}.dead_letters WHERE id = %(id)s
 """
 
