@@ -91,8 +91,11 @@ class QueueRow:
         """Pending jobs counted against the limit (due and scheduled): exact below the
         cap, else the statistics' estimate (never below what was counted)."""
         counted = self.pending + self.scheduled
-        if counted.at_least and self.backlog_estimate is not None:
-            return Bounded(max(self.backlog_estimate, counted.value or 0), estimate=True)
+        # Statistics that do not exceed what was counted say nothing (never analyzed,
+        # or stale): then the honest answer is "at least".
+        if (counted.at_least and self.backlog_estimate is not None
+                and self.backlog_estimate > (counted.value or 0)):
+            return Bounded(self.backlog_estimate, estimate=True)
         return counted
 
     @property
