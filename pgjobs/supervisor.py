@@ -191,16 +191,18 @@ class Supervisor:
 
     def _run(self) -> int:
         for child in self.children:
-            if self._signals:
+            if self._signals:  # stopped during start-up: start nothing more
                 break
             self._spawn(child)
-        log.info("supervisor %d: %d worker processes (pids %s); SIGTERM/SIGINT drains them "
-                 "all", os.getpid(), self.processes, ", ".join(map(str, self.pids())))
+        if not self._signals:
+            log.info("supervisor %d: %d worker processes (pids %s); SIGTERM/SIGINT drains "
+                     "them all", os.getpid(), self.processes,
+                     ", ".join(map(str, self.pids())))
         while not self._signals:
             code = self._watch()
             if code is not None:
                 self._forward(signal.SIGTERM)
-                self._drain(signals_before_kill=0)
+                self._drain(signal.SIGTERM, signals_before_kill=0)
                 return code
             self._wake.wait(POLL_INTERVAL)
             self._wake.clear()
@@ -208,7 +210,7 @@ class Supervisor:
         log.info("%s: asking %d worker processes to drain; send it again to stop them at "
                  "once", signal.Signals(first).name, len(self.pids()))
         self._forward(first)
-        return self._drain(signals_before_kill=1)
+        return self._drain(first, signals_before_kill=1)
 
     def _spawn(self, child: _Child) -> None:
         child.process = subprocess.Popen(
@@ -261,9 +263,14 @@ class Supervisor:
             except ProcessLookupError:
                 pass
 
-    def _drain(self, signals_before_kill: int) -> int:
+    def _drain(self, forwarded: int, signals_before_kill: int) -> int:
         """Wait for every child to exit; one more signal than ``signals_before_kill``
-        (a second SIGTERM/SIGINT) kills them at once."""
+        (a second SIGTERM/SIGINT) kills them at once.
+
+        A child killed by the ``forwarded`` signal itself got it before it could install
+        its handlers (still importing): it had claimed nothing, so that is clean too.
+        """
+        clean = (0, -forwarded)
         deadline = time.monotonic() + self.drain_limit
         waiting = [c for c in self.children if c.restart_at is None and c.process is not None]
         while True:
@@ -272,7 +279,7 @@ class Supervisor:
                 code = child.process.poll()
                 if code is not None and child.exit_code is None:
                     child.exit_code = code
-                    log.log(logging.INFO if code == 0 else logging.WARNING,
+                    log.log(logging.INFO if code in clean else logging.WARNING,
                             "worker process %d (pid %d) %s", child.index, child.process.pid,
                             describe_exit(code))
             if all(c.exit_code is not None for c in waiting):
@@ -293,7 +300,7 @@ class Supervisor:
             self._wake.clear()
         for child in self.children:  # stopped while waiting to restart: nothing to wait for
             child.restart_at = None
-        if all(c.exit_code == 0 for c in waiting):
+        if all(c.exit_code in clean for c in waiting):
             log.info("all %d worker processes stopped cleanly", len(waiting))
             return 0
         return 1

@@ -204,9 +204,12 @@ def supervise(ctx: typer.Context, the_app: App, worker: Any, processes: int, app
     """``--processes P``: check the server has room for P pools, then run P children."""
     from ..supervisor import Supervisor, check_connection_budget, read_connection_budget
 
-    with connect(autocommit=True, url=the_app.database_url) as conn:
+    url = the_app.database_url
+    with connect(autocommit=True, url=url) as conn:
         budget = read_connection_budget(conn)
     check_connection_budget(budget, processes, worker.pool_size)
+    # Once here rather than one line per child: unmigrated or outdated schema.
+    worker._check_schema(url)
     supervisor = Supervisor(child_command(ctx, app_spec, metrics_port), processes,
                             shutdown_timeout=worker.shutdown_timeout)
     startup.attach(supervisor)  # a signal during start-up: no child is started
