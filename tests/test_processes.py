@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -248,4 +251,36 @@ def test_children_drain_when_the_supervisor_is_killed(env, pg_url, schema, db):
     # PR_SET_PDEATHSIG: each child got SIGTERM, drained and unregistered; no orphans.
     wait_until(lambda: not any(_alive(pid) for pid in children), 60,
                message="children gone")
+    assert _worker_pids(db, schema) == set()
+
+
+class ShellJob(WorkerProcess):
+    """`pgjobs work` in a process group (and session) of its own, as a shell runs a job."""
+
+    def __init__(self, pg_url: str, schema: str, *args: str) -> None:
+        root = Path(__file__).resolve().parent.parent
+        env = cli_env(pg_url, schema)
+        env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pgjobs", "work", sample.__name__ + ":app", *args],
+            env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.lines = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+
+def test_ctrl_c_to_the_whole_process_group_drains_once(env, pg_url, schema, db):
+    """A terminal's Ctrl-C sends SIGINT to the foreground process group. The children
+    have groups of their own, so they get it once, from the supervisor: a drain, not the
+    'second signal, exit at once' they would see if the group's SIGINT reached them too."""
+    supervisor = ShellJob(pg_url, schema, "--processes", "2", "--concurrency", "1")
+    try:
+        _children_registered(db, schema, supervisor, 2)
+        os.killpg(supervisor.proc.pid, signal.SIGINT)
+        assert supervisor.wait(60) == 0, supervisor.log
+    finally:
+        supervisor.kill()
+    assert supervisor.log.count("SIGINT: draining") == 2, supervisor.log
+    assert "second SIGINT" not in supervisor.log
     assert _worker_pids(db, schema) == set()
