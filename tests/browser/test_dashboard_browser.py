@@ -17,7 +17,7 @@ from psycopg import sql
 import pgjobs
 from pgjobs.dashboard import asgi_app
 from tests.conftest import count
-from tests.dashboard_support import insert_dead_letter, insert_job, served
+from tests.dashboard_support import insert_dead_letter, insert_job, served, wait_until
 
 CHROMIUM = os.environ.get("PGJOBS_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -206,4 +206,34 @@ def test_cancel_from_a_job_page_changes_the_database(page, dashboard, db, schema
     assert "1 job(s) cancelled" in page.locator(".flash").inner_text()
     assert count(db, schema, "jobs", "id = %s", [job]) == 0
     assert count(db, schema, "dead_letters", "job_id = %s AND reason = 'cancelled'", [job]) == 1
+    assert page.console.errors == []
+
+
+def test_a_hidden_or_paused_page_stops_fetching(page, dashboard):
+    page.goto(dashboard + "/jobs")
+
+    def counter(name: str) -> int:
+        return int(page.evaluate(f"document.body.getAttribute('{name}') || '0'"))
+
+    # (Polled from Python: the page's CSP forbids the eval wait_for_function needs.)
+    wait_until(lambda: counter("data-live-fetches") >= 1)
+    # Hidden: the timer keeps ticking, nothing is fetched.
+    page.evaluate("""() => {
+        Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});
+        document.dispatchEvent(new Event('visibilitychange'));
+    }""")
+    fetches, ticks = counter("data-live-fetches"), counter("data-live-ticks")
+    wait_until(lambda: counter("data-live-ticks") >= ticks + 3)
+    assert counter("data-live-fetches") == fetches
+    # Visible again: it refreshes at once.
+    page.evaluate("""() => {
+        Object.defineProperty(document, 'hidden', {configurable: true, get: () => false});
+        document.dispatchEvent(new Event('visibilitychange'));
+    }""")
+    wait_until(lambda: counter("data-live-fetches") > fetches)
+    # Paused by the button: same.
+    page.click("#live-toggle")
+    fetches, ticks = counter("data-live-fetches"), counter("data-live-ticks")
+    wait_until(lambda: counter("data-live-ticks") >= ticks + 3)
+    assert counter("data-live-fetches") == fetches
     assert page.console.errors == []

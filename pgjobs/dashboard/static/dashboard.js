@@ -45,9 +45,16 @@
     });
   }
 
+  // Counters on <body> (data-live-ticks, data-live-fetches) let tests and curious
+  // operators see that a paused or hidden page really stops fetching.
+  function bump(name) {
+    body.setAttribute(name, String((parseInt(body.getAttribute(name), 10) || 0) + 1));
+  }
+
   function refresh() {
     if (paused || document.hidden || inFlight || liveSections().length === 0) { return; }
     inFlight = true;
+    bump("data-live-fetches");
     fetch(window.location.href, { credentials: "same-origin", headers: { "X-PGJobs-Live": "1" } })
       .then(function (response) {
         if (!response.ok || response.redirected) { throw new Error("HTTP " + response.status); }
@@ -70,7 +77,7 @@
 
   function schedule() {
     if (timer !== null) { window.clearInterval(timer); }
-    timer = window.setInterval(refresh, period);
+    timer = window.setInterval(function () { bump("data-live-ticks"); refresh(); }, period);
   }
 
   function enhance(root) {
