@@ -1,0 +1,67 @@
+"""A webhook receiver on Flask and SQLAlchemy 2 (sync ``Session``).
+
+The same receiver as examples/fastapi_webhooks: ``POST /webhooks/<source>`` with a JSON
+body and a ``webhook-id`` header stores the event and enqueues its delivery in one
+transaction; ``202 {"job_id": …}`` (the same id for a re-delivered event), or ``429`` with
+``Retry-After`` when the ``webhooks`` queue is full, with nothing stored.
+
+Run it (from the repository root)::
+
+    flask --app examples.flask_webhooks.app run
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, abort, current_app, request
+from sqlalchemy import create_engine
+from sqlalchemy.orm import sessionmaker
+
+import pgjobs
+from examples import webhook_events as events
+from examples.webhook_tasks import app as jobs
+from examples.webhook_tasks import deliver_webhook
+
+
+def create_app() -> Flask:
+    """The Flask application factory (``flask --app`` finds it)."""
+    app = Flask(__name__)
+    # The same database as the jobs: the event and its job commit (or not) together.
+    engine = create_engine(events.sqlalchemy_url(jobs.database_url))
+    events.Base.metadata.create_all(engine)
+    app.extensions["sessionmaker"] = sessionmaker(engine, expire_on_commit=False)
+    app.post("/webhooks/<source>")(receive_webhook)
+    return app
+
+
+def receive_webhook(source: str) -> Any:
+    """Store the event and enqueue its delivery, atomically; 429 when the queue is full."""
+    event_id = request.headers.get(events.EVENT_ID_HEADER, "")
+    if not 0 < len(event_id) <= events.MAX_EVENT_ID_LENGTH:
+        abort(400, f"a {events.EVENT_ID_HEADER} header of 1 to "
+                   f"{events.MAX_EVENT_ID_LENGTH} characters is required")
+    if len(source) > events.MAX_SOURCE_LENGTH:
+        abort(400, f"source names have at most {events.MAX_SOURCE_LENGTH} characters")
+    payload = request.get_json(silent=True)
+    if not isinstance(payload, dict):
+        abort(400, "the body must be a JSON object")
+
+    new_session = current_app.extensions["sessionmaker"]
+    try:
+        with new_session() as session, session.begin():  # commits at the end, rolls back on error
+            stored = session.scalar(events.job_of_event(source, event_id))
+            if stored is not None:
+                return {"job_id": stored}, 202  # re-delivered: already accepted
+            # The unique key makes a re-delivery racing this request get this job's id
+            # (checked before the queue limit, so a full queue does not refuse it).
+            job_id = deliver_webhook.options(
+                unique_key=events.unique_key(source, event_id),
+            ).enqueue(session, source=source, event_id=event_id)
+            session.execute(events.store_event(source, event_id, payload, job_id))
+    except pgjobs.QueueFull as full:
+        # Raised before anything was written; leaving the block rolled back the rest.
+        return events.queue_full_body(full), 429, {
+            "Retry-After": events.retry_after_header(full)}
+    return {"job_id": job_id}, 202
+
