@@ -165,6 +165,23 @@ SELECT to_regclass(%(jobs_table)s) IS NOT NULL
 
 # --- worker: claim ------------------------------------------------------------------------
 
+# The claim itself, written once: each picker below ends in a CTE `picked` of the ids to
+# take (locked FOR UPDATE SKIP LOCKED); this charges the attempt, issues the lease and
+# returns the columns of pgjobs.store.ClaimedJob, in its field order.
+_CLAIM_PICKED = """
+UPDATE {schema}.jobs AS j
+SET state = 'running',
+    attempts = j.attempts + 1,
+    lease_token = gen_random_uuid(),
+    lease_expires_at = COALESCE(%(now)s::timestamptz, now()) + %(lease_seconds)s * interval '1 second',
+    worker_id = %(worker_id)s,
+    started_at = COALESCE(%(now)s::timestamptz, now())
+WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+RETURNING j.id, j.queue, j.task, j.args::text, j.priority, j.attempts, j.max_attempts,
+          extract(epoch FROM j.next_run_at)::float8, j.created_at, j.lease_token::text,
+          j.trace_context::text
+"""
+
 # Claim a batch of due jobs from every queue. The ORDER BY matches the partial index
 # jobs_claim_idx exactly, so the cost does not grow with the backlog. args and
 # trace_context come back as text: each executor decodes its own job, so one malformed
@@ -182,23 +199,12 @@ WITH picked AS (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
-UPDATE {schema}.jobs AS j
-SET state = 'running',
-    attempts = j.attempts + 1,
-    lease_token = gen_random_uuid(),
-    lease_expires_at = COALESCE(%(now)s::timestamptz, now()) + %(lease_seconds)s * interval '1 second',
-    worker_id = %(worker_id)s,
-    started_at = COALESCE(%(now)s::timestamptz, now())
-WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
-RETURNING j.id, j.queue, j.task, j.args::text, j.priority, j.attempts, j.max_attempts,
-          extract(epoch FROM j.next_run_at)::float8, j.created_at, j.lease_token::text,
-          j.trace_context::text
-"""
+""" + _CLAIM_PICKED  # noqa: S608 (two constant texts; no value is formatted in)
 
 # Claim from named queues: one ordered index range per queue (jobs_queue_claim_idx),
 # merged, so each queue's scan stops after `limit` rows whatever its backlog.
 CLAIM_QUEUES = """
-WITH candidates AS (
+WITH picked AS (
     SELECT c.id, c.priority, c.next_run_at
     FROM (SELECT q FROM unnest(%(queues)s::text[]) AS q
           WHERE q <> ALL(ARRAY(SELECT name FROM {schema}.queues WHERE paused))) AS wanted(queue)
@@ -213,18 +219,7 @@ WITH candidates AS (
     ORDER BY c.priority DESC, c.next_run_at, c.id
     LIMIT %(limit)s
 )
-UPDATE {schema}.jobs AS j
-SET state = 'running',
-    attempts = j.attempts + 1,
-    lease_token = gen_random_uuid(),
-    lease_expires_at = COALESCE(%(now)s::timestamptz, now()) + %(lease_seconds)s * interval '1 second',
-    worker_id = %(worker_id)s,
-    started_at = COALESCE(%(now)s::timestamptz, now())
-WHERE j.id = ANY(ARRAY(SELECT id FROM candidates))
-RETURNING j.id, j.queue, j.task, j.args::text, j.priority, j.attempts, j.max_attempts,
-          extract(epoch FROM j.next_run_at)::float8, j.created_at, j.lease_token::text,
-          j.trace_context::text
-"""
+""" + _CLAIM_PICKED  # noqa: S608 (two constant texts; no value is formatted in)
 
 # When the next scheduled job becomes due, so an idle fetcher sleeps exactly that long.
 NEXT_DUE_ANY_QUEUE = """
