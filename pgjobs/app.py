@@ -262,9 +262,11 @@ class App:
         ``TimeoutError`` if it has not within ``timeout`` seconds.
 
         Listens for the worker's finish notifications (subscribed before the first read,
-        so no finish is missed) and re-reads every half second as a fallback. A job that
-        succeeded without ``result_ttl`` leaves nothing behind: it is returned as
-        ``succeeded`` with ``result`` and ``finished_at`` None.
+        so no finish is missed) and re-reads every half second as a fallback. A job seen
+        live that then succeeds without ``result_ttl`` leaves nothing behind: it is
+        returned as ``succeeded`` with ``result`` and ``finished_at`` None. A job unknown
+        at the first read (finished without ``result_ttl``, or never enqueued) raises
+        ``LookupError``: give tasks you wait for a ``result_ttl``.
         """
         from .lifecycle import wait_for
 

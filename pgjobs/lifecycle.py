@@ -134,9 +134,15 @@ def _finished(seen: JobInfo | None, now: JobInfo | None) -> JobInfo | None:
     return None
 
 
-def _timeout_error(job_id: int, timeout: float, seen: JobInfo | None) -> TimeoutError:
-    state = seen.state if seen is not None else "unknown (no such job)"
-    return TimeoutError(f"job {job_id} did not finish within {timeout:g}s (state: {state})")
+def _timeout_error(job_id: int, timeout: float, seen: JobInfo) -> TimeoutError:
+    return TimeoutError(f"job {job_id} did not finish within {timeout:g}s "
+                        f"(state: {seen.state})")
+
+
+def _unknown(job_id: int) -> LookupError:
+    return LookupError(
+        f"job {job_id} is unknown: it finished without result_ttl (nothing is kept of "
+        "it) or never existed; give its task result_ttl to wait for it after it ends")
 
 
 def _contains(payload: str, job_id: str) -> bool:
@@ -154,6 +160,8 @@ def wait_for(url: str, sql: Statements, job_id: int, timeout: float) -> JobInfo:
         conn.execute(pgsql.SQL("LISTEN {}").format(
             pgsql.Identifier(sql.finished_channel)))
         seen = store.get_job(conn, job_id)
+        if seen is None:
+            raise _unknown(job_id)
         done = _finished(None, seen)
         while done is None:
             left = deadline - time.monotonic()
@@ -178,6 +186,8 @@ async def await_for(url: str, sql: Statements, job_id: int, timeout: float) -> J
         await conn.execute(pgsql.SQL("LISTEN {}").format(
             pgsql.Identifier(sql.finished_channel)))
         seen = await _aread(conn, sql, job_id)
+        if seen is None:
+            raise _unknown(job_id)
         done = _finished(None, seen)
         while done is None:
             left = deadline - loop.time()

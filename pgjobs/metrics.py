@@ -31,6 +31,7 @@ INSTRUMENTS: dict[str, tuple[str, str, str]] = {
     "pgjobs.queue.oldest_pending_age": ("gauge", "s", "Age of the oldest due pending job"),
     "pgjobs.queue.limit": ("gauge", "{job}", "Pending-count limit of the queue (if set)"),
     "pgjobs.queue.dead_letters": ("gauge", "{job}", "Rows in dead_letters per queue"),
+    "pgjobs.queue.paused": ("gauge", "{queue}", "1 while the queue is paused"),
     "pgjobs.worker.executors": ("gauge", "{thread}", "Executor threads of this worker"),
     "pgjobs.worker.executors.active": ("gauge", "{thread}", "Executors running a job now"),
     "pgjobs.job.duration": ("histogram", "s", "Handler run time per attempt"),
@@ -38,7 +39,8 @@ INSTRUMENTS: dict[str, tuple[str, str, str]] = {
     "pgjobs.jobs.enqueued": ("counter", "{job}", "Jobs enqueued"),
     "pgjobs.queue_full.rejections": ("counter", "{job}", "Enqueues refused with QueueFull"),
     "pgjobs.jobs.outcomes": ("counter", "{job}", "Attempt outcomes: succeeded, retried, "
-                                                 "dead_lettered, timed_out, rescued"),
+                                                 "dead_lettered, timed_out, rescued, "
+                                                 "cancelled, snoozed"),
     # Periodic jobs (attribute: schedule). Each tick is counted once, by the worker that
     # decided it: sum across workers.
     "pgjobs.periodic.ticks_enqueued": ("counter", "{tick}", "Periodic ticks enqueued as jobs"),
@@ -139,6 +141,7 @@ class WorkerInstruments:
             _gauge(meter, "pgjobs.queue.oldest_pending_age", self._observe_age),
             _gauge(meter, "pgjobs.queue.limit", self._observe_limit),
             _gauge(meter, "pgjobs.queue.dead_letters", self._observe_dead),
+            _gauge(meter, "pgjobs.queue.paused", self._observe_paused),
         ]
 
     def _observe_total(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -158,7 +161,7 @@ class WorkerInstruments:
         present = {row["queue"] for row in rows}
         rows = rows + [
             {"queue": q, "pending": 0, "scheduled": 0, "running": 0, "dead": 0,
-             "oldest_pending_age_seconds": None, "limit": None}
+             "oldest_pending_age_seconds": None, "limit": None, "paused": False}
             for q in sorted(self._seen - present)
         ]
         self._seen |= present
@@ -182,6 +185,10 @@ class WorkerInstruments:
     def _observe_dead(self, options: CallbackOptions) -> Iterable[Observation]:
         for row in self._cached or []:
             yield Observation(row["dead"], {"queue": row["queue"]})
+
+    def _observe_paused(self, options: CallbackOptions) -> Iterable[Observation]:
+        for row in self._cached or []:
+            yield Observation(1 if row.get("paused") else 0, {"queue": row["queue"]})
 
 
 def _meter(provider: Any | None) -> Any:

@@ -8,7 +8,11 @@ Four group roles (``NOLOGIN``), granted on one pgjobs schema:
     ``SELECT`` of ``jobs.id, queue, state, unique_key`` (unique keys and the bounded pending
     count; not ``args``), ``SELECT`` of ``queues.name, pending_limit`` (the limit check) and
     ``USAGE`` on the ``jobs`` id sequence (``enqueue_many`` reserves ids with ``nextval``;
-    single inserts take the identity default, which needs no privilege).
+    single inserts take the identity default, which needs no privilege). And what
+    ``App.cancel`` and ``App.get_job`` / ``wait_for`` need: reading a job's status (its
+    row, dead letter or kept result, arguments included), ``DELETE`` of jobs and
+    ``INSERT`` into ``dead_letters`` (a cancelled pending job moves there) and ``UPDATE``
+    of ``jobs.cancel_requested_at`` (a running one is asked to stop).
 
 ``worker`` (default ``pgjobs_worker``)
     What ``pgjobs work`` needs: claim, complete, retry, heartbeat, release and rescue
@@ -21,11 +25,12 @@ Four group roles (``NOLOGIN``), granted on one pgjobs schema:
     enqueue, or change queue limits. LISTEN/NOTIFY need no privilege.
 
 ``operator`` (default ``pgjobs_operator``)
-    What ``pgjobs stats`` and ``pgjobs dead-letters …`` / ``pgjobs queues limit`` need:
-    ``SELECT`` on every pgjobs table and view, requeue (``DELETE`` dead letters and
-    ``INSERT`` fresh jobs), purge, and setting queue limits. It cannot claim, complete or
-    delete jobs, and (like the others) cannot ``TRUNCATE``, ``DROP`` or ``ALTER``
-    anything, nor create objects in the schema.
+    What ``pgjobs stats``, ``pgjobs dead-letters …``, ``pgjobs queues limit|pause|resume``
+    and ``pgjobs jobs list|show|cancel`` need: ``SELECT`` on every pgjobs table and view,
+    requeue (``DELETE`` dead letters and ``INSERT`` fresh jobs), purge, queue limits and
+    pauses, and cancelling jobs (as the app role may). It cannot claim or complete jobs,
+    and (like the others) cannot ``TRUNCATE``, ``DROP`` or ``ALTER`` anything, nor create
+    objects in the schema.
 
 ``viewer`` (default ``pgjobs_viewer``)
     What ``pgjobs dashboard --read-only`` and ``pgjobs stats`` need: ``SELECT`` on every
@@ -76,12 +81,31 @@ _QUEUE_LIMIT_COLUMNS = ("name", "pending_limit", "pending_limit_set")
 
 Grant = tuple[str, str, tuple[str, ...] | None]
 
+# App.cancel / `pgjobs jobs cancel`: a pending job moves to dead_letters (DELETE …
+# RETURNING, INSERT), a running one is flagged (UPDATE of cancel_requested_at).
+_CANCEL: tuple[Grant, ...] = (
+    ("SELECT", "jobs", ("id", "queue", "task", "args", "priority", "state", "attempts",
+                        "max_attempts", "next_run_at", "created_at", "last_error",
+                        "trace_context", "cancel_requested_at")),
+    ("DELETE", "jobs", None),
+    ("UPDATE", "jobs", ("cancel_requested_at",)),
+    ("INSERT", "dead_letters", _DEAD_LETTER_COLUMNS),
+)
+# App.get_job / wait_for: a job's status from its row, its dead letter or its result.
+_READ_STATUS: tuple[Grant, ...] = (
+    ("SELECT", "dead_letters", ("id", "job_id", "queue", "task", "args", "attempts",
+                                "max_attempts", "error", "created_at", "failed_at", "reason")),
+    ("SELECT", "job_results", None),
+)
+
 PRIVILEGES: dict[str, tuple[Grant, ...]] = {
     "app": (
         ("INSERT", "jobs", _JOBS_ENQUEUE_COLUMNS),
         ("SELECT", "jobs", ("id", "queue", "state", "unique_key")),
         ("SELECT", "queues", _QUEUE_LIMIT_COLUMNS),
         ("USAGE", "jobs_id_seq", None),
+        *_CANCEL,
+        *_READ_STATUS,
     ),
     "worker": (
         ("SELECT", "jobs", None),
@@ -120,6 +144,7 @@ PRIVILEGES: dict[str, tuple[Grant, ...]] = {
         ("INSERT", "queues", ("name", "pending_limit", "pending_limit_set", "paused",
                               "updated_at")),
         ("UPDATE", "queues", ("pending_limit", "pending_limit_set", "paused", "updated_at")),
+        *_CANCEL,
     ),
     # Read-only dashboards and monitoring: look at everything, change nothing.
     "viewer": tuple(("SELECT", name, None) for name in (*TABLES, *VIEWS)),
