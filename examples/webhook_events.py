@@ -13,9 +13,10 @@ from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Identity, Select, String, UniqueConstraint, func
 from sqlalchemy import select as sa_select
-from sqlalchemy.dialects.postgresql import JSONB, Insert, insert
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.dml import ReturningInsert
 
 import pgjobs
 
@@ -63,12 +64,15 @@ def job_of_event(source: str, event_id: str) -> Select[Any]:
         WebhookEvent.source == source, WebhookEvent.event_id == event_id)
 
 
-def store_event(source: str, event_id: str, payload: dict[str, Any], job_id: int) -> Insert:
-    """Store an event. A concurrent re-delivery that raced this one got the same job id
-    through the unique key, so its insert conflicts and simply does nothing."""
+def store_event(source: str, event_id: str, payload: dict[str, Any], job_id: int
+                ) -> ReturningInsert[Any]:
+    """Store an event; returns its job id, or no row when a concurrent delivery of the same
+    event stored it first (the insert waits for that one to commit or roll back)."""
     return insert(WebhookEvent).values(
         source=source, event_id=event_id, payload=payload, job_id=job_id,
-    ).on_conflict_do_nothing(index_elements=["source", "event_id"])
+    ).on_conflict_do_nothing(
+        index_elements=["source", "event_id"],
+    ).returning(WebhookEvent.job_id)
 
 
 def retry_after_header(full: pgjobs.QueueFull) -> str:

@@ -147,6 +147,24 @@ def undelivered(db: psycopg.Connection[Any], schema: str) -> int:
     return int(row[0])
 
 
+def lock_waits(db: psycopg.Connection[Any], application_name: str) -> list[str]:
+    """What the sessions of ``application_name`` wait for, among locks (sorted)."""
+    rows = db.execute(
+        "SELECT wait_event FROM pg_stat_activity "
+        "WHERE application_name = %s AND wait_event_type = 'Lock' ORDER BY wait_event",
+        [application_name]).fetchall()
+    return [row[0] for row in rows]
+
+
+def jobs_succeeded(db: psycopg.Connection[Any], schema: str) -> int:
+    """Delivery jobs that ran to success, from the worker's per-minute history."""
+    row = db.execute(sql.SQL("SELECT coalesce(sum(succeeded), 0) FROM {} WHERE task = %s")
+                     .format(sql.Identifier(schema, "job_history")),
+                     ["webhooks.deliver"]).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def live_jobs(db: psycopg.Connection[Any], schema: str) -> dict[int, tuple[str, dict, str]]:
     """id -> (task, args, unique_key) of the jobs still in `jobs`."""
     rows = db.execute(sql.SQL("SELECT id, task, args, unique_key FROM {}").format(
@@ -161,8 +179,9 @@ def test_receiver_accepts_throttles_redelivers_and_drains(
     app.set_queue_limit(conn, "webhooks", LIMIT)
     conn.commit()
     url = with_search_path(pg_url, schema)
+    receiver_name = f"examples-{schema}"  # the receiver's sessions, in pg_stat_activity
     recorder = Recorder()
-    env = cli_env(url, schema, WEBHOOK_FORWARD_URL=recorder.url)
+    env = cli_env(f"{url}&application_name={receiver_name}", schema)
     worker: WorkerProcess | None = None
     try:
         with running(kind, env) as (server, client):
@@ -224,19 +243,30 @@ def test_receiver_accepts_throttles_redelivers_and_drains(
             late = post_event(client, again)
             assert (late.status_code, late.json()) == (202, {"job_id": accepted[again]})
 
-            # Re-deliveries racing each other: one job, one stored event, one id for all.
-            with ThreadPoolExecutor(4) as pool:
-                racing = list(pool.map(lambda _: post_event(client, "evt-racing"), range(4)))
-            assert {r.status_code for r in racing} == {202}
-            assert len({r.json()["job_id"] for r in racing}) == 1
+            # Two deliveries of a new event racing: this test's lock holds the first between
+            # enqueueing and storing, so the second meets its uncommitted job on the unique
+            # key and waits for it. Both get one job; one event is stored (checked below).
+            with psycopg.connect(pg_url) as lock, ThreadPoolExecutor(2) as pool:
+                lock.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(
+                    sql.Identifier(schema, "webhook_events")))
+                racing = [pool.submit(post_event, client, "evt-racing") for _ in range(2)]
+                wait_until(lambda: lock_waits(db, receiver_name) == ["relation", "transactionid"],
+                           message="one request blocked storing, the other on the unique key")
+                lock.commit()
+                raced = [future.result() for future in racing]
+            assert [r.status_code for r in raced] == [202, 202], [r.text for r in raced]
+            assert raced[0].json() == raced[1].json()
 
             wait_until(lambda: not live_jobs(db, schema) and not undelivered(db, schema),
                        timeout=60, message="the worker to deliver the later events")
             assert recorder.delivered_ids() == {*accepted, rejected[0], "evt-racing"}
+            assert stored_events(db, schema)["evt-racing"] == raced[0].json()["job_id"]
             assert len(stored_events(db, schema)) == len(accepted) + 2
 
             worker.signal(signal.SIGTERM)
             assert worker.wait() == 0, worker.log
+        # One job ran per stored event: no re-delivery, late or racing, enqueued another.
+        assert jobs_succeeded(db, schema) == len(accepted) + 2
     finally:
         if worker is not None:
             worker.kill()

@@ -45,7 +45,8 @@ app = FastAPI(title="pgjobs webhook receiver (FastAPI)", lifespan=lifespan)
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """A session per request (FastAPI dependency)."""
+    """A session per request (FastAPI dependency); what it did not commit is rolled back
+    when the request ends."""
     async with request.app.state.sessionmaker() as session:
         yield session
 
@@ -58,22 +59,30 @@ async def receive_webhook(
                                     max_length=events.MAX_EVENT_ID_LENGTH)],
     session: Annotated[AsyncSession, Depends(get_session)],
 ) -> Any:
-    """Store the event and enqueue its delivery, atomically; 429 when the queue is full."""
+    """Store the event and enqueue its delivery, atomically; 429 when the queue is full.
+
+    Nothing is committed unless this function commits: the session dependency rolls back
+    whatever is left when the request ends.
+    """
+    stored = await session.scalar(events.job_of_event(source, event_id))
+    if stored is not None:
+        return {"job_id": stored}  # a re-delivery: accepted before, same job
     try:
-        async with session.begin():  # commits at the end of the block, rolls back on error
-            stored = await session.scalar(events.job_of_event(source, event_id))
-            if stored is not None:
-                return {"job_id": stored}  # re-delivered: already accepted
-            # The unique key makes a re-delivery racing this request get this job's id
-            # (checked before the queue limit, so a full queue does not refuse it).
-            job_id = await deliver_webhook.options(
-                unique_key=events.unique_key(source, event_id),
-            ).aenqueue(session, source=source, event_id=event_id)
-            await session.execute(events.store_event(source, event_id, payload, job_id))
+        # A re-delivery racing this request waits for it on the unique key, then gets
+        # this job's id instead of enqueueing a second one.
+        job_id = await deliver_webhook.options(
+            unique_key=events.unique_key(source, event_id),
+        ).aenqueue(session, source=source, event_id=event_id)
     except pgjobs.QueueFull as full:
-        # Raised before anything was written; leaving the block rolled back the rest.
+        # Raised before anything was written: nothing to keep, the sender comes back later.
         return JSONResponse(
             events.queue_full_body(full), status_code=status.HTTP_429_TOO_MANY_REQUESTS,
             headers={"Retry-After": events.retry_after_header(full)},
         )
+    if await session.scalar(events.store_event(source, event_id, payload, job_id)) is None:
+        # A racing re-delivery stored this event first (the insert waited for its commit):
+        # answer with its job, and roll back ours if the unique key did not give us that.
+        await session.rollback()
+        return {"job_id": await session.scalar(events.job_of_event(source, event_id))}
+    await session.commit()  # the event and its job, together
     return {"job_id": job_id}

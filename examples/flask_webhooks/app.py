@@ -47,21 +47,26 @@ def receive_webhook(source: str) -> Any:
     if not isinstance(payload, dict):
         abort(400, "the body must be a JSON object")
 
-    new_session = current_app.extensions["sessionmaker"]
-    try:
-        with new_session() as session, session.begin():  # commits at the end, rolls back on error
-            stored = session.scalar(events.job_of_event(source, event_id))
-            if stored is not None:
-                return {"job_id": stored}, 202  # re-delivered: already accepted
-            # The unique key makes a re-delivery racing this request get this job's id
-            # (checked before the queue limit, so a full queue does not refuse it).
+    # Nothing is committed unless this block commits: closing the session rolls back.
+    with current_app.extensions["sessionmaker"]() as session:
+        stored = session.scalar(events.job_of_event(source, event_id))
+        if stored is not None:
+            return {"job_id": stored}, 202  # a re-delivery: accepted before, same job
+        try:
+            # A re-delivery racing this request waits for it on the unique key, then gets
+            # this job's id instead of enqueueing a second one.
             job_id = deliver_webhook.options(
                 unique_key=events.unique_key(source, event_id),
             ).enqueue(session, source=source, event_id=event_id)
-            session.execute(events.store_event(source, event_id, payload, job_id))
-    except pgjobs.QueueFull as full:
-        # Raised before anything was written; leaving the block rolled back the rest.
-        return events.queue_full_body(full), 429, {
-            "Retry-After": events.retry_after_header(full)}
+        except pgjobs.QueueFull as full:
+            # Raised before anything was written: nothing to keep, the sender comes back.
+            return events.queue_full_body(full), 429, {
+                "Retry-After": events.retry_after_header(full)}
+        if session.scalar(events.store_event(source, event_id, payload, job_id)) is None:
+            # A racing re-delivery stored this event first (the insert waited for its
+            # commit): answer with its job, and roll back ours if the unique key did not
+            # give us that one.
+            session.rollback()
+            return {"job_id": session.scalar(events.job_of_event(source, event_id))}, 202
+        session.commit()  # the event and its job, together
     return {"job_id": job_id}, 202
-
