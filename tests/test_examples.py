@@ -188,6 +188,7 @@ def test_receiver_accepts_throttles_redelivers_and_drains(
             # A request without an event id is refused, and stores nothing.
             refused = client.post("/webhooks/shop", json={"amount": 1})
             assert refused.status_code in (400, 422), refused.text
+            assert "detail" in refused.json()
 
             # A burst past the limit, all at once, with no worker running.
             events = [f"evt-{n}" for n in range(BURST)]

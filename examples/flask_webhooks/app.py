@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, abort, current_app, request
+from flask import Flask, current_app, request
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
@@ -39,13 +39,14 @@ def receive_webhook(source: str) -> Any:
     """Store the event and enqueue its delivery, atomically; 429 when the queue is full."""
     event_id = request.headers.get(events.EVENT_ID_HEADER, "")
     if not 0 < len(event_id) <= events.MAX_EVENT_ID_LENGTH:
-        abort(400, f"a {events.EVENT_ID_HEADER} header of 1 to "
-                   f"{events.MAX_EVENT_ID_LENGTH} characters is required")
+        return {"detail": f"a {events.EVENT_ID_HEADER} header of 1 to "
+                          f"{events.MAX_EVENT_ID_LENGTH} characters is required"}, 400
     if len(source) > events.MAX_SOURCE_LENGTH:
-        abort(400, f"source names have at most {events.MAX_SOURCE_LENGTH} characters")
+        return {"detail": f"source names have at most {events.MAX_SOURCE_LENGTH} "
+                          "characters"}, 400
     payload = request.get_json(silent=True)
     if not isinstance(payload, dict):
-        abort(400, "the body must be a JSON object")
+        return {"detail": "the body must be a JSON object"}, 400
 
     # Nothing is committed unless this block commits: closing the session rolls back.
     with current_app.extensions["sessionmaker"]() as session:
