@@ -198,7 +198,8 @@ def test_receiver_accepts_throttles_redelivers_and_drains(
             assert {r.status_code for r in answers.values()} == {202, 429}, server.log
             accepted = {e: r.json()["job_id"] for e, r in answers.items() if r.status_code == 202}
             rejected = [e for e, r in answers.items() if r.status_code == 429]
-            # Every place up to the limit was taken (overshoot needs concurrent commits).
+            # The limit was reached, never undershot (requests in flight while the receiver
+            # re-counts may pass it a little: the documented overshoot bound).
             assert len(accepted) >= LIMIT and rejected
             assert len(set(accepted.values())) == len(accepted)
             for event in rejected:
@@ -231,8 +232,7 @@ def test_receiver_accepts_throttles_redelivers_and_drains(
             worker.wait_started()
             wait_until(lambda: not live_jobs(db, schema) and not undelivered(db, schema),
                        timeout=60, message="the worker to deliver every event")
-            assert recorder.delivered_ids() >= set(accepted)
-            assert recorder.delivered_ids() <= set(accepted)
+            assert recorder.delivered_ids() == set(accepted)
             assert all(body == {"source": "shop", "event": {"id": e, "amount": 42}}
                        for e, body in recorder.deliveries)
 
