@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+)
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +42,8 @@ class JobContext:
     _borrow: Callable[[], AbstractContextManager[psycopg.Connection[Any]]] = field(repr=False)
     _cancel: CancelFlag | None = field(default=None, repr=False)
     _lease: Lease | None = field(default=None, repr=False)
+    _aborrow: Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]] | None = (
+        field(default=None, repr=False))
 
     @property
     def cancel_requested(self) -> bool:
@@ -80,6 +87,19 @@ class JobContext:
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection; its transaction commits on success, rolls back on error."""
         with self._borrow() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def aconnection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """For coroutine handlers: ``async with current_job().aconnection() as conn``
+        lends a psycopg ``AsyncConnection`` from the worker's async pool (inside the same
+        ``--pool-size`` budget as the sync handlers' pool); its transaction commits on
+        success, rolls back on error."""
+        if self._aborrow is None:
+            raise RuntimeError(
+                "current_job().aconnection() is for coroutine (async def) handlers; a sync "
+                "handler uses current_job().connection()")
+        async with self._aborrow() as conn:
             yield conn
 
 

@@ -29,6 +29,7 @@ from ..errors import JobCancelled, JobTimeout, Snooze
 from ..lifecycle import Lease, result_json
 from ..retry import is_permanent, retry_delay
 from ..tracing import TracingSwitch, end_process_span, get_tracer, process_span
+from .capacity import Capacity
 from .clock import Clock
 from .errortext import format_error
 from .inhand import InHand
@@ -79,8 +80,14 @@ class ExecutorPool:
         clock: Clock,
         tracer_provider: Any = None,
         in_hand: InHand | None = None,
+        capacity: Capacity | None = None,
+        release: Callable[[ClaimedJob], Result] | None = None,
     ) -> None:
         self._app = app
+        # --concurrency shared with the coroutine executor (worker/capacity.py): a thread
+        # starts its job only with a slot; ``release`` hands back a job that never started.
+        self._capacity = capacity
+        self._release = release
         # Cancel flags of the jobs in hand (see worker/cancellation.py); a private map
         # when the pool runs alone (component tests).
         self._in_hand = in_hand if in_hand is not None else InHand()
@@ -163,7 +170,13 @@ class ExecutorPool:
                     jobs.append(slot.current.job)
                     slot.current = None
                     slot.generation += 1
+                    self._free_slot()
         return jobs
+
+    def _free_slot(self) -> None:
+        # Called by whoever clears ``slot.current`` (the thread, the watchdog, shutdown).
+        if self._capacity is not None:
+            self._capacity.release()
 
     # --- the executor thread -------------------------------------------------------------
 
@@ -173,6 +186,10 @@ class ExecutorPool:
                 job = self._buffer.get()
                 if job is STOP:
                     return
+                if self._capacity is not None and not self._capacity.acquire():
+                    if self._release is not None:  # shutting down: never started
+                        self._report(self._release(job))
+                    continue
                 try:
                     result = self._run(slot, generation, job)
                 except JobTimeout:
@@ -185,6 +202,7 @@ class ExecutorPool:
                     if slot.generation != generation:
                         return  # the watchdog gave up on us; a replacement took the slot
                     slot.current = None
+                self._free_slot()
                 self._report(result)
             except JobTimeout:
                 with slot.lock:
@@ -213,20 +231,10 @@ class ExecutorPool:
 
     def _execute(self, job: ClaimedJob, task: Any, started: float, timeout: float | None,
                  running: _Running) -> tuple[Result, BaseException | None]:
-        if task is None:
-            return Result(job, Outcome.DEAD, error=self._unknown_task(job)), None
-        try:
-            args = json.loads(job.args) if isinstance(job.args, str) else job.args
-        except (ValueError, RecursionError) as exc:
-            return Result(job, Outcome.DEAD, error=(
-                f"malformed job: args could not be decoded ({type(exc).__name__}: "
-                f"{str(exc)[:200]})")), None
-        problem = self._argument_problem(job.task, args, task.fn)
-        if problem:
-            return Result(job, Outcome.DEAD, error=problem), None
+        args, refused = self.admit(job, task)
+        if refused is not None:
+            return refused, None
         flag = self._in_hand.cancel_flag(job.id)
-        if flag.requested:  # cancelled while prefetched: never started
-            return Result(job, Outcome.CANCELLED, error="cancelled before it started"), None
         ctx = JobContext(
             id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
             max_attempts=job.max_attempts, args=args, enqueued_at=job.created_at,
@@ -246,6 +254,25 @@ class ExecutorPool:
         finally:
             reset_current(token)
         return self.success(job, task, outcome, self._clock.monotonic() - started), None
+
+    def admit(self, job: ClaimedJob, task: Any) -> tuple[Any, Result | None]:
+        """The job's decoded arguments, or the outcome that ends it without running
+        (unknown task, malformed or mismatched arguments, cancelled while prefetched).
+        Shared with the coroutine executor."""
+        if task is None:
+            return None, Result(job, Outcome.DEAD, error=self._unknown_task(job))
+        try:
+            args = json.loads(job.args) if isinstance(job.args, str) else job.args
+        except (ValueError, RecursionError) as exc:
+            return None, Result(job, Outcome.DEAD, error=(
+                f"malformed job: args could not be decoded ({type(exc).__name__}: "
+                f"{str(exc)[:200]})"))
+        problem = self._argument_problem(job.task, args, task.fn)
+        if problem:
+            return None, Result(job, Outcome.DEAD, error=problem)
+        if self._in_hand.cancel_requested(job.id):  # cancelled while prefetched
+            return None, Result(job, Outcome.CANCELLED, error="cancelled before it started")
+        return args, None
 
     def lease(self, job: ClaimedJob) -> Lease:
         """What ``current_job().complete(conn)`` uses for ``job``."""
@@ -300,6 +327,11 @@ class ExecutorPool:
         return Result(job, Outcome.RETRY, error=error, delay=delay, duration=duration,
                       timed_out=timed_out)
 
+    def timeout_result(self, job: ClaimedJob, timeout: float, duration: float) -> Result:
+        """A job past its ``timeout``: a failed attempt (retry or dead letter as its
+        attempts say), or cancelled if a cancel request came first."""
+        return self._timeout_result(job, timeout, duration)
+
     def _timeout_result(self, job: ClaimedJob, timeout: float, duration: float) -> Result:
         if self._in_hand.cancel_requested(job.id):
             return Result(job, Outcome.CANCELLED, duration=duration, timed_out=True,
@@ -320,6 +352,7 @@ class ExecutorPool:
                 slot.generation += 1
                 stuck = slot.thread
                 self._spawn(slot)
+                self._free_slot()
             self.abandoned_threads += 1
             log.warning(
                 "job %d (%s) passed its deadline; executor thread %s abandoned and replaced",

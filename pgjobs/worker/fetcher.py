@@ -9,9 +9,9 @@ free capacity (executors + prefetch buffer), so executors rarely wait on a round
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import threading
+from typing import Protocol
 
 from ..store import ClaimedJob, Conn, JobStore
 from .clock import Clock
@@ -29,6 +29,13 @@ POLL_JITTER = 0.2
 MAX_UNWRITTEN_BACKLOG = 1000
 
 
+class JobSink(Protocol):
+    """Where claimed jobs go: the sync executors' buffer, or a router that also feeds
+    the coroutine executor (worker/aexecutor.py)."""
+
+    def put(self, job: ClaimedJob, /) -> None: ...
+
+
 class Fetcher(ThreadService):
     """Claims jobs for ``capacity`` slots (executors plus prefetch)."""
 
@@ -42,7 +49,7 @@ class Fetcher(ThreadService):
         settings: WorkerSettings,
         *,
         worker_id: str,
-        buffer: queue.SimpleQueue[ClaimedJob | None],
+        buffer: JobSink,
         in_hand: InHand,
         stopping: threading.Event | None = None,
     ) -> None:

@@ -40,6 +40,8 @@ from ..config import describe_connect_error
 from ..errors import ConfigurationError, SchemaMissingError
 from ..metrics import WorkerInstruments
 from ..store import JobStore
+from .aexecutor import CoroutineExecutor, JobRouter, is_coroutine_task, split_handler_connections
+from .capacity import Capacity
 from .clock import Clock, SystemClock
 from .completer import Completer
 from .dbconn import CONNECTION_ERRORS, ResilientConnection
@@ -146,6 +148,19 @@ class Worker:
         self.heartbeat: Heartbeat | None = None
         self.maintenance: MaintenanceService | None = None
         self.executors: ExecutorPool | None = None
+        #: ``async def`` handlers' event loop (only when the App has coroutine tasks).
+        self.coroutines: CoroutineExecutor | None = None
+        kinds = [is_coroutine_task(t.fn) for t in app.tasks.values()]
+        self.has_coroutine_tasks = any(kinds)
+        if self.has_coroutine_tasks and not all(kinds) and settings.handler_pool_size < 2:
+            raise ConfigurationError(
+                f"pool size {settings.pool_size} leaves {settings.handler_pool_size} "
+                "connection for handlers, and this App has sync and coroutine handlers, "
+                "each kind with a pool of its own: use --pool-size "
+                f"{settings.pool_size + 2 - settings.handler_pool_size} or more")
+        #: Maximum sizes of the handlers' pools (sync, async): one budget split in two.
+        self.handler_pools = split_handler_connections(
+            settings.handler_pool_size, not all(kinds), self.has_coroutine_tasks)
         self.periodic: Any = None  # pgjobs.periodic_scheduler.PeriodicScheduler, if any
 
     # --- public --------------------------------------------------------------------------
@@ -260,20 +275,31 @@ class Worker:
         self._complete_conn = self._connection(url, "complete", self._abort)
         self._heartbeat_conn = self._connection(url, "heartbeat", self._abort)
         self._maintenance_conn = self._connection(url, "maintenance", maintenance_stop)
+        # One --concurrency budget for sync and coroutine handlers (worker/capacity.py).
+        self._capacity = Capacity(self.concurrency)
+        self.executors = ExecutorPool(
+            self.app, self.concurrency, self._buffer, report=self._report,
+            borrow=self._borrow_connection, worker_name=self.id, clock=clock,
+            tracer_provider=self.app.tracer_provider, in_hand=self._in_hand,
+            capacity=self._capacity, release=self._release)
+        sink: Any = self._buffer
+        if self.has_coroutine_tasks:
+            self.coroutines = CoroutineExecutor(
+                self.app, self.executors, self._capacity, self._report,
+                self._borrow_connection, clock, self._in_hand, database_url=url,
+                pool_size=self.handler_pools[1], pool_kwargs=self._handler_pool_kwargs(),
+                tracer_provider=self.app.tracer_provider)
+            sink = JobRouter(self.app, self._buffer, self.coroutines)
         self.fetcher = Fetcher(store, self._fetch_conn, clock, s, worker_id=self.id,
-                               buffer=self._buffer, in_hand=self._in_hand,
+                               buffer=sink, in_hand=self._in_hand,
                                stopping=fetch_stop)
         self.completer = Completer(
             store, self._complete_conn, clock, in_hand=self._in_hand, stats=self.stats,
             claimer=self.fetcher, instruments=self.instruments,
             on_outcomes=self._outcomes_written)
-        self.executors = ExecutorPool(
-            self.app, self.concurrency, self._buffer, report=self._report,
-            borrow=self._borrow_connection, worker_name=self.id, clock=clock,
-            tracer_provider=self.app.tracer_provider, in_hand=self._in_hand)
         self.heartbeat = Heartbeat(
             store, self._heartbeat_conn, clock, s, worker_id=self.id, in_hand=self._in_hand,
-            stats=self.stats, executors_busy=self.executors.busy)
+            stats=self.stats, executors_busy=self._busy)
         plugins: list[Plugin] = [
             Rescue(store, clock, self.stats, self.instruments, s.rescue_interval),
             Retention(store, clock, s, maintenance_stop),
@@ -296,6 +322,8 @@ class Worker:
         self.heartbeat.start()
         self.completer.start()
         self.executors.start()
+        if self.coroutines is not None:
+            self.coroutines.start()
         self._stall_watch.start()
         self.maintenance.start()
         if self.listener is not None:
@@ -320,7 +348,18 @@ class Worker:
             hook(batch)
 
     def _executor_counts(self) -> tuple[int, int]:
-        return self.concurrency, self.executors.busy() if self.executors else 0
+        return self.concurrency, self._busy()
+
+    def _busy(self) -> int:
+        """Jobs running now, sync and coroutine handlers together."""
+        busy = self.executors.busy() if self.executors else 0
+        return busy + (self.coroutines.busy() if self.coroutines else 0)
+
+    def _handler_pool_kwargs(self) -> dict[str, Any]:
+        # prepare_threshold None: nothing prepared behind a pooler (a handler's
+        # statement run 5 times would be, by psycopg's default).
+        return {"application_name": self._application_name,
+                **({} if self.prepare_statements else {"prepare_threshold": None})}
 
     def _watch_stalls(self) -> None:
         """Unblock internal connections whose server stopped answering (see dbconn)."""
@@ -357,13 +396,9 @@ class Worker:
                 # Everything the pool may open is inside --pool-size, with our own
                 # connections already subtracted.
                 self._handler_pool = ConnectionPool(
-                    self._url, min_size=0, max_size=self.settings.handler_pool_size,
+                    self._url, min_size=0, max_size=self.handler_pools[0],
                     open=True, name="pgjobs-handlers", timeout=30,
-                    # prepare_threshold None: nothing prepared behind a pooler (a
-                    # handler's statement run 5 times would be, by psycopg's default).
-                    kwargs={"application_name": self._application_name,
-                            **({} if self.prepare_statements
-                               else {"prepare_threshold": None})},
+                    kwargs=self._handler_pool_kwargs(),
                     # One empty round trip per borrow, so a connection that died idle
                     # (server restart, failover, pg_terminate_backend) is replaced
                     # instead of failing the next handler's attempt.
@@ -410,8 +445,12 @@ class Worker:
         if self.listener is not None:
             self.listener.stop()
         self.fetcher.join(max(1.0, self.shutdown_timeout))
-        # Claimed but never started: back to pending, uncharged.
+        # Claimed but never started: back to pending, uncharged. No job starts from here on.
+        self._capacity.close()
         unstarted = 0
+        for waiting in self.coroutines.take_unstarted() if self.coroutines else ():
+            unstarted += 1
+            self._report(self._release(waiting))
         while True:
             try:
                 job = self._buffer.get_nowait()
@@ -421,18 +460,24 @@ class Worker:
                 unstarted += 1
                 self._report(self._release(job))
         self.executors.stop_threads()
-        running = len(self.executors.running_jobs())
+        coroutines = self.coroutines
+        running = len(self.executors.running_jobs()) + (coroutines.busy() if coroutines else 0)
         if running:
             log.info("waiting up to %.0fs for %d running job(s)",
                      max(0.0, deadline - self.clock.monotonic()), running)
-        if not self.executors.join(deadline):
+        drained = self.executors.join(deadline)
+        drained = (coroutines.join(deadline) if coroutines else True) and drained
+        if not drained:
             abandoned = self.executors.abandon_running()
+            abandoned += coroutines.abandon_running() if coroutines else []
             log.warning("shutdown timeout: returning %d unfinished job(s) to pending "
                         "without charging the attempt: %s", len(abandoned),
                         [j.id for j in abandoned][:20])
             for job in abandoned:
                 self._report(self._release(job))
         self.executors.stop_watchdog()
+        if coroutines is not None:
+            coroutines.stop()
         self.completer.stop()
         if not self.completer.join(15.0):
             self._abort.set()  # database unreachable: leases will recover what is left

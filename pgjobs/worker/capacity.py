@@ -1,0 +1,64 @@
+"""``--concurrency`` as one budget shared by the sync executors and the coroutine executor.
+
+Sync handlers run on threads, coroutine handlers on one event loop; the fetcher claims for
+both (its capacity is shared). A job starts only once it holds one of the ``limit`` slots,
+so sync and async jobs in flight never exceed ``--concurrency`` together. Threads wait
+for a slot (:meth:`Capacity.acquire`); the event loop never waits: it tries
+(:meth:`Capacity.try_acquire`) and is told when a slot frees (``on_room``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+
+class Capacity:
+    """A counting semaphore that can be closed (shutdown: nothing more starts)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used = 0
+        self._closed = False
+        self._cv = threading.Condition(threading.Lock())
+        #: Called (outside the lock, in the releasing thread) whenever a slot frees or the
+        #: capacity closes; the coroutine executor uses it to start waiting jobs.
+        self.on_room: Callable[[], None] | None = None
+
+    def acquire(self) -> bool:
+        """Wait for a slot (threads only); False once closed: do not start the job."""
+        with self._cv:
+            while self._used >= self.limit and not self._closed:
+                self._cv.wait()
+            if self._closed:
+                return False
+            self._used += 1
+            return True
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free now (never waits: safe on the event loop)."""
+        with self._cv:
+            if self._closed or self._used >= self.limit:
+                return False
+            self._used += 1
+            return True
+
+    def release(self) -> None:
+        """A job's attempt ended (or it was disowned): its slot is free."""
+        with self._cv:
+            self._used -= 1
+            self._cv.notify()
+        on_room = self.on_room
+        if on_room is not None:
+            on_room()
+
+    def close(self) -> None:
+        """Shutdown: jobs not started yet never start (waiting threads get False)."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    @property
+    def in_use(self) -> int:
+        """Jobs running now, sync and async together."""
+        return self._used
