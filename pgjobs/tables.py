@@ -1,5 +1,9 @@
 """Every table pgjobs prints (``pgjobs stats``, ``dead-letters list``, ``pgjobs demo``).
 
+Cells are rich markup; every value that comes from the database (queue and task names,
+worker ids, error text) is escaped, so an error saying ``[Errno 111]`` or ``[/]`` prints
+as written instead of being taken for markup (or failing the whole table).
+
 One module, so the demo shows exactly what the commands show. Tables are built from the
 plain dicts of :mod:`pgjobs.admin` and printed with :func:`print_renderable`, which keeps
 headers whole: on a terminal no column is squeezed below its header, and into a pipe or a
@@ -15,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
@@ -42,6 +47,7 @@ def queues_table(rows: Sequence[dict[str, Any]], *, title: str | None = None) ->
     table = _table(title or f"pgjobs queues — {time.strftime('%H:%M:%S')}", QUEUE_COLUMNS,
                    right=QUEUE_COLUMNS[1:])
     for r in rows:
+        r = {**r, "queue": escape(r["queue"])}  # names are data: "[/]" must not be markup
         age = r["oldest_pending_age_seconds"]
         table.add_row(
             r["queue"], str(r["pending"]), str(r["scheduled"]), str(r["running"]),
@@ -59,7 +65,7 @@ def workers_table(workers: Sequence[dict[str, Any]]) -> Table:
     table = _table("workers", WORKER_COLUMNS)
     for w in workers:
         table.add_row(
-            w["id"], ",".join(w["queues"]) if w["queues"] else "all",
+            escape(w["id"]), escape(",".join(w["queues"])) if w["queues"] else "all",
             f"{w['executors_busy']}/{w['concurrency']}", str(w["jobs_in_hand"]),
             clock(w["started_at"]), clock(w["last_heartbeat_at"]),
             "[green]yes[/]" if w["alive"] else "[red]no[/]",
@@ -82,9 +88,9 @@ def dead_letters_table(rows: Sequence[dict[str, Any]], *, title: str = "pgjobs d
     table = _table(title, DEAD_LETTER_COLUMNS, right=("id", "job", "attempts"))
     for r in rows:
         first_line = (r["error"].splitlines() or [""])[0]
-        table.add_row(str(r["id"]), str(r["job_id"]), r["queue"], r["task"],
+        table.add_row(str(r["id"]), str(r["job_id"]), escape(r["queue"]), escape(r["task"]),
                       f"{r['attempts']}/{r['max_attempts']}", clock(r["failed_at"], full=True),
-                      first_line[:error_width])
+                      escape(first_line[:error_width]))
     if not rows:
         table.caption = "no dead letters"
     return table

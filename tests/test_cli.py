@@ -187,3 +187,19 @@ def test_enqueue_help_says_the_name_is_not_checked_without_app(pg_url, schema):
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     assert "NOT checked" in text and "'default'" in text
+
+
+def test_tables_print_names_and_errors_verbatim(pg_url, schema, db):
+    """Rich markup in data ("[/]", "[Errno 111]", "[bold]") is shown, not interpreted."""
+    env = cli_env(pg_url, schema)
+    db.execute(sql.SQL(
+        "INSERT INTO {} (job_id, queue, task, args, attempts, max_attempts, error, created_at, "
+        "failed_at) VALUES (1, '[bold]q', 't[/]', '{{}}', 5, 5, "
+        "'ConnectionRefusedError: [Errno 111] refused [/]', now(), now())"
+    ).format(sql.Identifier(schema, "dead_letters")))
+    listed = run_cli("dead-letters", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "[Errno 111] refused [/]" in listed.stdout and "t[/]" in listed.stdout
+    stats = run_cli("stats", env=env)
+    assert stats.returncode == 0, stats.stderr
+    assert "[bold]q" in stats.stdout
