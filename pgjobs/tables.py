@@ -96,6 +96,26 @@ def dead_letters_table(rows: Sequence[dict[str, Any]], *, title: str = "pgjobs d
     return table
 
 
+PERIODIC_COLUMNS = ("name", "cron", "timezone", "active", "last tick", "outcome", "next tick",
+                    "task", "queue")
+
+
+def periodic_table(rows: Sequence[dict[str, Any]]) -> Table:
+    """Cron schedules from :func:`pgjobs.periodic_store.list_schedules` (ticks in UTC)."""
+    table = _table("pgjobs periodic schedules", PERIODIC_COLUMNS)
+    for r in rows:
+        table.add_row(
+            escape(r["name"]), escape(r["cron"]), escape(r["timezone"]),
+            "yes" if r["active"] else "[dim]no[/]", utc_clock(r["last_tick"]),
+            escape(r["last_outcome"] or "-"), utc_clock(r["next_tick"]), escape(r["task"]),
+            escape(r["queue"]),
+        )
+    if not rows:
+        table.caption = ("no schedules registered: define them with @app.periodic and start "
+                         "`pgjobs work`")
+    return table
+
+
 def progress_table(title: str, counts: dict[str, Any]) -> Table:
     """One row of named counts (the demo's live view)."""
     table = _table(title, tuple(counts), right=tuple(counts))
@@ -122,6 +142,11 @@ def clock(moment: dt.datetime | None, *, full: bool = False) -> str:
     if full or local.date() != dt.date.today():
         return local.strftime("%Y-%m-%d %H:%M:%S")
     return local.strftime("%H:%M:%S")
+
+
+def utc_clock(moment: dt.datetime | None) -> str:
+    """A timestamp in UTC, ``2026-12-03 18:00:00Z`` (schedule ticks, whose zone varies)."""
+    return "-" if moment is None else moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _count(value: Any) -> str:

@@ -81,3 +81,10 @@ def test_tree_help_lists_server_group():
 
     server = typer.main.get_command(cli).commands["server"]  # type: ignore[attr-defined]
     assert set(server.commands) == {"status", "stop"}
+
+
+def test_only_the_table_module_builds_tables():
+    """One place renders tables (and escapes what comes from the database)."""
+    builders = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+                      if "rich.table" in _imports(path) and path.name != "tables.py")
+    assert not builders, f"modules building their own rich tables: {builders}"

@@ -36,26 +36,7 @@ def list_(
         # name, cron, timezone, active, last_tick, next_tick first (the contract), then more.
         print(json.dumps([{k: _iso(v) for k, v in row.items()} for row in rows]))
         return
-    from rich.table import Table
-
-    table = Table(title="pgjobs periodic schedules")
-    for column in ("name", "cron", "timezone", "active", "last tick", "outcome", "next tick",
-                   "task", "queue"):
-        table.add_column(column, overflow="fold", min_width=len(column))
-    for r in rows:
-        table.add_row(
-            r["name"], r["cron"], r["timezone"], "yes" if r["active"] else "[dim]no[/]",
-            _when(r["last_tick"]), r["last_outcome"] or "-", _when(r["next_tick"]),
-            r["task"], r["queue"],
-        )
-    if not rows:
-        table.caption = ("no schedules registered: define them with @app.periodic and start "
-                         "`pgjobs work`")
-    tables.print_renderable(table)  # as wide as needed when piped
-
-
-def _when(value: dt.datetime | None) -> str:
-    return "-" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    tables.print_renderable(tables.periodic_table(rows))  # as wide as needed when piped
 
 
 @periodic_cli.command("run")
