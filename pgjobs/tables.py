@@ -50,7 +50,9 @@ def queues_table(rows: Sequence[dict[str, Any]], *, title: str | None = None) ->
         r = {**r, "queue": escape(r["queue"])}  # names are data: "[/]" must not be markup
         age = r["oldest_pending_age_seconds"]
         table.add_row(
-            r["queue"], str(r["pending"]), str(r["scheduled"]), str(r["running"]),
+            # a paused queue (pgjobs queues pause) says so next to its name
+            r["queue"] + (" [yellow](paused)[/]" if r.get("paused") else ""),
+            str(r["pending"]), str(r["scheduled"]), str(r["running"]),
             str(r["dead"]), "-" if age is None else f"{age:.1f}s",
             _count(r.get("succeeded_last_minute")), _count(r.get("failed_last_minute")),
             _limit(r),

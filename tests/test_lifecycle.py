@@ -217,6 +217,7 @@ def test_pause_stops_claims_survives_restart_and_resume_wakes(
         assert "other" not in queues  # nothing pending, running, dead nor configured
         stats = json.loads(run_cli("stats", "--json", env=env).stdout)
         assert {q["queue"]: q["paused"] for q in stats["queues"]}["slow"] is True
+        assert "slow (paused)" in run_cli("stats", env=env).stdout
 
         out = run_cli("queues", "resume", "slow", env=env)
         assert out.returncode == 0, out.stderr

@@ -73,7 +73,7 @@ def _define(app: pgjobs.App) -> dict[str, Any]:
     return {"answer": answer, "bad_result": bad_result, "plain": plain, "napper": napper}
 
 
-def test_results_get_job_and_wait_for(app, conn, db, schema, running):
+def test_results_get_job_and_wait_for(app, conn, db, schema, running, monkeypatch):
     t = _define(app)
     app.set_queue_paused(conn, "default", True)
     ok = t["answer"].enqueue(conn, x=21)
@@ -88,9 +88,19 @@ def test_results_get_job_and_wait_for(app, conn, db, schema, running):
     with pytest.raises(TimeoutError, match="did not finish"):  # the queue is paused
         app.wait_for(ok, timeout=0.3)
     waited: list[Any] = []
+    first_read = threading.Event()
+    get_job = JobStore.get_job
+
+    def reading(self: JobStore, conn: Any, job_id: int, **kw: Any) -> Any:
+        found = get_job(self, conn, job_id, **kw)
+        if job_id == watched:
+            first_read.set()
+        return found
+
+    monkeypatch.setattr(JobStore, "get_job", reading)
     waiter = threading.Thread(target=lambda: waited.append(app.wait_for(watched, 30)))
     waiter.start()  # sees it live (pending), then gone: it succeeded, nothing kept
-    wait_until(lambda: waiter.is_alive(), 5)
+    assert first_read.wait(30)
     app.set_queue_paused(conn, "default", False)
     conn.commit()
     waiter.join(60)
@@ -131,10 +141,11 @@ def test_await_for_and_async_cancel(app, conn, schema, running, pg_url):
 
 
 def test_wait_for_misses_none_under_a_burst(app, conn, running):
-    """Waiters subscribe while a burst of jobs finishes around them (2,000 jobs: the
-    issue's 10,000 take minutes of connection set-up on this shared 2-core machine)."""
+    """Waiters subscribe while a burst of jobs finishes around them. 3,000 jobs: the
+    issue's 10,000 pass too but take about a minute on the shared 2-core machine (one
+    connection per wait_for)."""
     t = _define(app)
-    n, waiters = 2000, 8
+    n, waiters = 3000, 8
     ids = app.enqueue_many(conn, [t["answer"].job(x=i) for i in range(n)])
     conn.commit()
     got: dict[int, Any] = {}
