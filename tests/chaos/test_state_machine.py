@@ -32,6 +32,9 @@ from psycopg import sql
 import pgjobs
 from pgjobs import admin
 
+from ..conftest import count
+from . import store_support
+
 pytestmark = pytest.mark.chaos
 
 QUEUES = ("a", "b")
@@ -81,15 +84,6 @@ class ModelDead:
     def row(self) -> tuple[Any, ...]:
         return (self.queue, self.task, self.priority, self.attempts, self.max_attempts,
                 self.error)
-
-
-def _empty_history() -> dict[str, list[Any]]:
-    return {"all_ids": [], "all_durations": []}
-
-
-def _history(outcomes: list[tuple[str, str, str]]) -> dict[str, list[Any]]:
-    """Durations for job_history; its counts come from the rows the statement wrote."""
-    return _empty_history()
 
 
 class JobsMachine(RuleBasedStateMachine):
@@ -231,18 +225,11 @@ class JobsMachine(RuleBasedStateMachine):
 
         stale_only = not any(self._holds(*p) for p in picked)
         before = self._snapshot() if stale_only else None
-        params = {
-            "now": self.now,
-            "ok_ids": [i for i, _ in pick("ok")], "ok_tokens": [t for _, t in pick("ok")],
-            "retry_ids": [i for i, _ in pick("retry")],
-            "retry_tokens": [t for _, t in pick("retry")],
-            "retry_delays": [delays[i] for i in by_kind["retry"]],
-            "retry_errors": [f"retry of {picked[i][0]}" for i in by_kind["retry"]],
-            "dead_ids": [i for i, _ in pick("dead")], "dead_tokens": [t for _, t in pick("dead")],
-            "dead_errors": [f"dead: {picked[i][0]}" for i in by_kind["dead"]],
-            **_history([(*self.names[p[0]], k) for p, k in zip(picked, kinds, strict=True)]),
-        }
-        counts = tuple(self._run("COMPLETE_BATCH", **params)[0][:3])
+        written = store_support.complete(
+            self.db, self.app, now=self.now, ok=pick("ok"),
+            retry=[(picked[i], delays[i], f"retry of {picked[i][0]}") for i in by_kind["retry"]],
+            dead=[(picked[i], f"dead: {picked[i][0]}") for i in by_kind["dead"]])
+        counts = (written.succeeded, written.retried, written.dead_lettered)
         expected = tuple(sum(1 for p in pick(kind) if self._holds(*p))
                          for kind in ("ok", "retry", "dead"))
         assert counts == expected
@@ -409,17 +396,15 @@ def test_replayed_flush_does_not_count_twice_in_job_history(app, conn, db, schem
     task = app.task(name="t")(lambda **kwargs: None)
     task.enqueue(conn)
     conn.commit()
-    ((job_id, token),) = [(r[0], r[9]) for r in db.execute(app.sql.CLAIM_ANY_QUEUE, dict(
-        now=None, limit=1, lease_seconds=30, worker_id="w")).fetchall()]
-    flush = {
-        "now": None, "ok_ids": [job_id], "ok_tokens": [token],
-        "retry_ids": [], "retry_tokens": [], "retry_delays": [], "retry_errors": [],
-        "dead_ids": [], "dead_tokens": [], "dead_errors": [],
-        **_history([("default", "t", "ok")]),
-    }
-    assert db.execute(app.sql.COMPLETE_BATCH, flush).fetchone()[:3] == (1, 0, 0)
+    (job,) = store_support.claim(db, app, limit=1, worker_id="w")
+
+    def flush() -> tuple[int, int, int]:
+        written = store_support.complete(db, app, ok=[job], durations=[(job.id, 0.25)])
+        return (written.succeeded, written.retried, written.dead_lettered)
+
+    assert flush() == (1, 0, 0)
     # The same flush again, as ResilientConnection.run does after a connection error.
-    assert db.execute(app.sql.COMPLETE_BATCH, flush).fetchone()[:3] == (0, 0, 0)
+    assert flush() == (0, 0, 0)
     (succeeded,) = db.execute(sql.SQL("SELECT sum(succeeded) FROM {}").format(
         sql.Identifier(schema, "job_history"))).fetchone()
     assert succeeded == 1, f"one job succeeded once, job_history says {succeeded}"
@@ -427,9 +412,6 @@ def test_replayed_flush_does_not_count_twice_in_job_history(app, conn, db, schem
 
 def test_empty_history_arrays_are_accepted(app, db):
     """A flush whose outcomes were all stale writes nothing at all (no history given)."""
-    rows = db.execute(app.sql.COMPLETE_BATCH, {
-        "now": None, "ok_ids": [1], "ok_tokens": [uuid.uuid4()],
-        "retry_ids": [], "retry_tokens": [], "retry_delays": [], "retry_errors": [],
-        "dead_ids": [], "dead_tokens": [], "dead_errors": [], **_empty_history(),
-    }).fetchall()
-    assert rows == [(0, 0, 0, 0)]
+    written = store_support.complete(db, app, ok=[(1, uuid.uuid4())])
+    assert written.total == 0
+    assert count(db, app.schema, "job_history") == 0
