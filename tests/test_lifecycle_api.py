@@ -305,3 +305,47 @@ def test_roles_app_cancels_and_reads_status_operator_pauses_and_cancels(
             if db.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
                 db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
                 db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_complete_with_sqlalchemy_session_and_async_connection(app, conn, db, schema,
+                                                               pg_url, running):
+    """Transactional completion through a SQLAlchemy Session (sync handler) and a psycopg
+    AsyncConnection (coroutine handler): effect and completion commit together; the
+    worker's own success write then changes nothing and nothing is called lost."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.orm import Session
+
+    db.execute(sql.SQL("CREATE TABLE {} (key text, job_id bigint)").format(
+        sql.Identifier(schema, "effects")))
+    insert = sql.SQL("INSERT INTO {} (key, job_id) VALUES (%s, %s)").format(
+        sql.Identifier(schema, "effects"))
+    engine = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    sa_insert = sql.SQL("INSERT INTO {} (key, job_id) VALUES (:k, :j)").format(
+        sql.Identifier(schema, "effects")).as_string(None)
+
+    @app.task(name="sa_effect")
+    def sa_effect(key: str) -> None:
+        job = pgjobs.current_job()
+        with Session(engine) as session:
+            session.execute(text(sa_insert), {"k": key, "j": job.id})
+            job.complete(session)
+            session.commit()
+
+    @app.task(name="async_effect")
+    async def async_effect(key: str) -> None:
+        job = pgjobs.current_job()
+        async with job.aconnection() as aconn:
+            await aconn.execute(insert, [key, job.id])
+            await job.complete(aconn)
+
+    ids = [sa_effect.enqueue(conn, key="sa"), async_effect.enqueue(conn, key="async")]
+    conn.commit()
+    w = running(app, concurrency=2)
+    wait_until(lambda: count(db, schema, "effects") == 2 and count(db, schema, "jobs") == 0,
+               30, message="both completed")
+    wait_until(lambda: w.stats.succeeded == 2, 30, message="outcomes counted")
+    rows = db.execute(sql.SQL("SELECT key, job_id FROM {} ORDER BY key").format(
+        sql.Identifier(schema, "effects"))).fetchall()
+    assert rows == [("async", ids[1]), ("sa", ids[0])]
+    assert w.stats.lost_leases == 0 and count(db, schema, "dead_letters") == 0
+    engine.dispose()
