@@ -24,7 +24,7 @@ APP = "tests.apps.lifecycle_app:app"
 # name -> (max_attempts, result_ttl): as tests/apps/lifecycle_app.py defines them.
 TASKS = {"cooperative": (3, None), "ignores_cancel": (3, None),
          "fails_after_cancel": (3, None), "snoozer": (1, None), "effect": (5, None),
-         "plain": (5, None)}
+         "plain": (5, None), "stubborn": (3, None)}
 
 
 @pytest.fixture
@@ -306,3 +306,36 @@ def test_jobs_cli_list_show_cancel(app, conn, db, schema, pg_url, tables):
     out = run_cli("dead-letters", "requeue", str(dl), env=env)
     assert out.returncode == 0, out.stderr
     assert count(db, schema, "jobs", "queue = 'qa' AND state = 'pending'") == 1
+
+
+def test_cancel_requested_job_is_never_handed_back_nor_rescued(
+        app, conn, db, schema, pg_url, tables):
+    """A handler that ignores the request: at a shutdown past --shutdown-timeout it ends
+    cancelled instead of going back to pending; after SIGKILL, the rescue buries it as
+    cancelled instead of running it again."""
+    w = worker(pg_url, schema, "--shutdown-timeout", "1", "--concurrency", "2")
+    drained = enqueue(app, conn, "stubborn", seconds=120)
+    killed = enqueue(app, conn, "stubborn", seconds=120)
+    wait_until(lambda: phases(db, schema, drained) == ["start"]
+               and phases(db, schema, killed) == ["start"], 30, message="both started")
+    assert app.cancel(conn, drained) == "cancelling"
+    conn.commit()
+    stop(w)  # SIGTERM: the handler is still running after the 1 s shutdown timeout
+    row = dead_letter(db, schema, drained)
+    assert row is not None and row[0] == "cancelled", row
+
+    w = worker(pg_url, schema, "--lease-timeout", "1")
+    wait_until(lambda: phases(db, schema, killed) == ["start", "start"], 30,
+               message="the other job claimed again")
+    assert app.cancel(conn, killed) == "cancelling"
+    conn.commit()
+    w.kill()  # before its worker could end it
+    w = worker(pg_url, schema, "--lease-timeout", "1")
+    try:
+        row = wait_until(lambda: dead_letter(db, schema, killed), 30,
+                         message="rescue buried it")
+        assert row[0] == "cancelled" and "after the cancel request" in row[2]
+        assert phases(db, schema, killed) == ["start", "start"]  # never run again
+        assert count(db, schema, "jobs") == 0
+    finally:
+        stop(w)

@@ -104,3 +104,13 @@ def bad_result() -> Any:
 @app.task(name="plain")
 def plain(n: int = 0) -> int:
     return n
+
+
+@app.task(name="stubborn", max_attempts=3)
+def stubborn(seconds: float) -> None:
+    """Never looks at the cancel flag."""
+    _record("start")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+    _record("done")
