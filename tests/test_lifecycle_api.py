@@ -349,3 +349,26 @@ def test_complete_with_sqlalchemy_session_and_async_connection(app, conn, db, sc
     assert rows == [("async", ids[1]), ("sa", ids[0])]
     assert w.stats.lost_leases == 0 and count(db, schema, "dead_letters") == 0
     engine.dispose()
+
+
+def test_completion_statement_snooze_gives_the_attempt_back_and_never_retries_a_cancel(
+        app, conn, db, schema):
+    t = _define(app)
+    ids = app.enqueue_many(conn, [t["plain"].job() for _ in range(3)])
+    conn.commit()
+    store = JobStore(app.sql)
+    jobs = {j.id: j for j in store.claim(db, limit=3, lease_seconds=30, worker_id="w",
+                                         queues=None, now=None)}
+    snoozed, failed, cancelled = (jobs[i] for i in ids)
+    assert app.cancel(conn, cancelled.id) == "cancelling"  # after it failed, before flush
+    conn.commit()
+    written = store.complete(db, succeeded=[], retried=[(failed, 0.0, "boom"),
+                                                        (cancelled, 0.0, "boom")],
+                             dead=[], durations=[], now=None, snoozed=[(snoozed, 60.0)])
+    assert (written.retried, written.snoozed, written.cancelled) == (1, 1, 1)
+    rows = dict(db.execute(sql.SQL("SELECT id, attempts FROM {}").format(
+        sql.Identifier(schema, "jobs"))).fetchall())
+    assert rows == {snoozed.id: 0, failed.id: 1}  # the snooze's attempt given back
+    assert app.get_job(snoozed.id).state == "scheduled"
+    gone = app.get_job(cancelled.id)
+    assert gone.state == "cancelled" and gone.error == "cancelled: boom"
