@@ -1,7 +1,7 @@
 """Least privilege and credential hygiene, proven with real roles and real processes.
 
-``pgjobs roles grant`` creates an app, a worker and an operator group role; login users
-that are members of each must be able to do their job and nothing else. And no password
+``pgjobs roles grant`` creates an app, a worker, an operator and a viewer group role;
+login users that are members of each must be able to do their job and nothing else. And no password
 may ever reach stdout, stderr or a log line, whatever goes wrong.
 """
 
@@ -29,11 +29,12 @@ from pgjobs.roles import PRIVILEGES, RoleNames, grant_roles, render_sql
 
 from ..conftest import ROOT, cli_env, count, run_cli
 from ..workers import WorkerProcess, create_executions_table, wait_until
+from . import store_support
 
 pytestmark = pytest.mark.chaos
 
 PASSWORD = "s3cr3t-P4ss"
-KINDS = ("app", "worker", "operator")
+KINDS = ("app", "worker", "operator", "viewer")
 
 # `pgjobs roles` is registered by pgjobs/cli/extra.py; importing the module first makes
 # these tests independent of that registration.
@@ -88,7 +89,7 @@ def _on(schema: str, template: str) -> sql.Composed:
 
 @dataclass
 class Setup:
-    """Three group roles granted on the test schema, and a login user in each."""
+    """The four group roles granted on the test schema, and a login user in each."""
 
     names: RoleNames
     users: dict[str, str]
@@ -112,8 +113,10 @@ def _drop_roles(db: psycopg.Connection[Any], roles: list[str]) -> None:
 def roles(pg_url: str, schema: str, db: psycopg.Connection[Any]) -> Iterator[Setup]:
     """Roles granted on the test schema, a member login user (WITH PASSWORD) for each."""
     suffix = uuid.uuid4().hex[:8]
+    # Every role named with the suffix: a default-named role (pgjobs_viewer…) created
+    # here would outlive the test and be shared with every other test on the server.
     names = RoleNames(app=f"chaos_app_{suffix}", worker=f"chaos_worker_{suffix}",
-                      operator=f"chaos_operator_{suffix}")
+                      operator=f"chaos_operator_{suffix}", viewer=f"chaos_viewer_{suffix}")
     users = {kind: f"chaos_{kind}_user_{suffix}" for kind in KINDS}
     try:
         for user in users.values():
@@ -125,7 +128,7 @@ def roles(pg_url: str, schema: str, db: psycopg.Connection[Any]) -> Iterator[Set
         yield Setup(names, users, {k: url_for(pg_url, u) for k, u in users.items()},
                     cli_env(pg_url, schema))
     finally:
-        _drop_roles(db, [*users.values(), names.app, names.worker, names.operator])
+        _drop_roles(db, [*users.values(), *(names.of(kind) for kind in KINDS)])
 
 
 def _task(app: pgjobs.App, name: str = "t") -> Any:
@@ -134,13 +137,23 @@ def _task(app: pgjobs.App, name: str = "t") -> Any:
 
 def _bury(db: psycopg.Connection[Any], app: pgjobs.App, n: int) -> None:
     """Make ``n`` dead letters the way a worker does (as the owner)."""
-    rows = db.execute(app.sql.CLAIM_ANY_QUEUE, dict(now=None, limit=n, lease_seconds=30,
-                                                    worker_id="w")).fetchall()
-    db.execute(app.sql.COMPLETE_BATCH, {
-        "now": None, "ok_ids": [], "ok_tokens": [], "retry_ids": [], "retry_tokens": [],
-        "retry_delays": [], "retry_errors": [], "dead_ids": [r[0] for r in rows],
-        "dead_tokens": [r[9] for r in rows], "dead_errors": ["E: boom"] * len(rows),
-        "all_ids": [], "all_durations": []})
+    store_support.bury(db, app, n, error="E: boom")
+
+
+def _role_args(names: RoleNames) -> list[str]:
+    """``pgjobs roles grant`` options naming all four roles (none left to its default)."""
+    return ["--app-role", names.app, "--worker-role", names.worker, "--operator-role",
+            names.operator, "--viewer-role", names.viewer]
+
+
+def _denied_flush(conn: psycopg.Connection[Any], app: pgjobs.App, job: Any) -> None:
+    """A worker's completion flush (success, retry, dead letter) is refused."""
+    for outcome in ({"ok": [job]}, {"retry": [(job, 1.0, "E")]}, {"dead": [(job, "E")]}):
+        try:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                store_support.complete(conn, app, **outcome)  # type: ignore[arg-type]
+        finally:
+            conn.rollback()
 
 
 # --- the roles themselves -----------------------------------------------------------------
@@ -171,10 +184,10 @@ def test_roles_are_nologin_groups_with_exactly_the_documented_privileges(roles, 
 
 def test_grant_is_idempotent_and_revokes_what_is_no_longer_needed(roles, db, schema, pg_url):
     app_role = sql.Identifier(roles.names.app)
-    db.execute(_on(schema, "GRANT DELETE, UPDATE ON {s}.jobs TO ") + app_role)
-    db.execute(_on(schema, "GRANT SELECT ON {s}.dead_letters TO ") + app_role)
-    again = run_pgjobs("roles", "grant", "--app-role", roles.names.app, "--worker-role",
-                       roles.names.worker, "--operator-role", roles.names.operator,
+    db.execute(_on(schema, "GRANT UPDATE, TRUNCATE ON {s}.jobs TO ") + app_role)
+    db.execute(_on(schema, "GRANT SELECT, DELETE ON {s}.dead_letters TO ") + app_role)
+    db.execute(_on(schema, "GRANT INSERT ON {s}.jobs TO ") + sql.Identifier(roles.names.viewer))
+    again = run_pgjobs("roles", "grant", *_role_args(roles.names),
                        "--app-member", roles.users["app"], "--operator-member",
                        roles.users["operator"], env=roles.env)
     assert again.returncode == 0, again.stderr
@@ -182,10 +195,18 @@ def test_grant_is_idempotent_and_revokes_what_is_no_longer_needed(roles, db, sch
         assert roles.names.of(kind) in again.stdout
     assert roles.users["app"] in again.stdout and roles.users["operator"] in again.stdout
     user = roles.users["app"]
-    for table, privilege in (("jobs", "DELETE"), ("jobs", "UPDATE"), ("dead_letters", "SELECT")):
+    for table, privilege in (("jobs", "UPDATE"), ("jobs", "TRUNCATE"),
+                             ("dead_letters", "SELECT"), ("dead_letters", "DELETE")):
         assert db.execute("SELECT has_table_privilege(%s, %s, %s)", [
             user, sql.Identifier(schema, table).as_string(None), privilege,
         ]).fetchone() == (False,), (table, privilege)
+    # Column-level grants converge too: the app may flag a cancel, never move a lease.
+    jobs = sql.Identifier(schema, "jobs").as_string(None)
+    assert db.execute("SELECT has_column_privilege(%s, %s, 'state', 'UPDATE'), "
+                      "has_column_privilege(%s, %s, 'cancel_requested_at', 'UPDATE')",
+                      [user, jobs, user, jobs]).fetchone() == (False, True)
+    assert db.execute("SELECT has_table_privilege(%s, %s, 'INSERT')",
+                      [roles.names.viewer, jobs]).fetchone() == (False,)
     # Memberships survive a re-grant (the worker's was not repeated), and enqueueing works.
     assert db.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", [
         roles.users["worker"], roles.names.worker]).fetchone() == (True,)
@@ -197,8 +218,7 @@ def test_grant_is_idempotent_and_revokes_what_is_no_longer_needed(roles, db, sch
 
 
 def test_grant_by_someone_who_does_not_own_the_schema_fails_clearly(roles):
-    result = run_pgjobs("roles", "grant", "--app-role", roles.names.app, "--worker-role",
-                        roles.names.worker, "--operator-role", roles.names.operator,
+    result = run_pgjobs("roles", "grant", *_role_args(roles.names),
                         env={**roles.env, "PGJOBS_DATABASE_URL": roles.urls["operator"]})
     line = _one_line_error(result)
     assert "does not own" in line and "owner" in line
@@ -209,14 +229,14 @@ def test_grant_sql_quotes_hostile_role_names_and_runs_as_printed(pg_url, schema,
     suffix = uuid.uuid4().hex[:6]
     hostile = RoleNames(app=f'x"; DROP ROLE postgres; --{suffix}',
                         worker=f"w$pgjobs$ %s %(x)s{suffix}",
-                        operator=f"o'); DROP SCHEMA {schema} CASCADE; --{suffix}"[:63])
-    printed = run_pgjobs("roles", "grant", "--sql", "--app-role", hostile.app, "--worker-role",
-                         hostile.worker, "--operator-role", hostile.operator,
+                        operator=f"o'); DROP SCHEMA {schema} CASCADE; --{suffix}"[:63],
+                        viewer=f"v\\ $1 🦄 %%{suffix}")
+    printed = run_pgjobs("roles", "grant", "--sql", *_role_args(hostile),
                          env=cli_env(pg_url, schema))
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout == render_sql(schema, hostile)
     assert sql.Identifier(hostile.app).as_string(None) in printed.stdout
-    names = [hostile.app, hostile.worker, hostile.operator]
+    names = [hostile.of(kind) for kind in KINDS]
     assert db.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s)",
                       [names]).fetchone() == (0,), "--sql must not touch the database"
     try:
@@ -254,16 +274,40 @@ def test_app_user_can_enqueue_and_do_nothing_else(roles, db, schema, pg_url):
     _no_password(cli.stdout, cli.stderr)
 
     _bury(db, app, 1)
-    claim = dict(now=None, limit=10, lease_seconds=30, worker_id="app")
+    # The app may cancel its jobs and read their status (App.cancel, get_job): a pending
+    # job leaves for dead_letters, a running one is only flagged for its worker.
+    (running,) = store_support.claim(db, app, limit=1, worker_id="w")
     with roles.connect("app") as conn:
+        assert app.cancel(conn, ids[1]) == "cancelled"  # the delayed one: still pending
+        assert app.cancel(conn, running.id) == "cancelling"
+        conn.commit()
+    assert app.get_job(ids[1]).state == "cancelled"  # type: ignore[union-attr]
+    assert count(db, schema, "jobs", "id = %s AND state = 'running' AND lease_token = %s "
+                 "AND cancel_requested_at IS NOT NULL", [running.id, running.token]) == 1
+
+    claim = dict(now=None, limit=10, lease_seconds=30, worker_id="app")
+    store = store_support.store(app)
+    with roles.connect("app") as conn:
+        # …and nothing of the worker's: claim, renew, complete, rescue.
         _denied(conn, app.sql.CLAIM_ANY_QUEUE, claim)
         _denied(conn, app.sql.CLAIM_QUEUES, {**claim, "queues": ["default"]})
         _denied(conn, app.sql.HEARTBEAT, dict(now=None, ids=[1], tokens=[uuid.uuid4()],
                                               lease_seconds=30))
-        _denied(conn, _on(schema, "DELETE FROM {s}.jobs"))
+        for call in (lambda: store.renew_leases(conn, [running.id], [running.token],
+                                                lease_seconds=30, now=None),
+                     lambda: store.rescue_expired(conn, limit=10, now=None),
+                     lambda: store.release(conn, [running])):
+            try:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    call()
+            finally:
+                conn.rollback()
+        _denied_flush(conn, app, running)
         _denied(conn, _on(schema, "UPDATE {s}.jobs SET priority = 5"))
-        _denied(conn, _on(schema, "SELECT args FROM {s}.jobs"))
+        _denied(conn, _on(schema, "UPDATE {s}.jobs SET state = 'pending', lease_token = NULL"))
+        _denied(conn, _on(schema, "SELECT lease_token FROM {s}.jobs"))
         _denied(conn, _on(schema, "SELECT * FROM {s}.dead_letters"))
+        _denied(conn, _on(schema, "UPDATE {s}.dead_letters SET error = 'x'"))
         _denied(conn, _on(schema, "DELETE FROM {s}.dead_letters"))
         _denied(conn, _on(schema, "SELECT * FROM {s}.queue_stats"))
         _denied(conn, _on(schema, "INSERT INTO {s}.jobs (task, state, attempts, lease_token) "
@@ -275,7 +319,9 @@ def test_app_user_can_enqueue_and_do_nothing_else(roles, db, schema, pg_url):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             admin.requeue_dead_letters(conn, app.sql)
         conn.rollback()
-    assert count(db, schema, "jobs") == 8 and count(db, schema, "dead_letters") == 1
+    assert count(db, schema, "jobs") == 7 and count(db, schema, "dead_letters") == 2
+    assert count(db, schema, "jobs", "id = %s AND lease_token = %s",
+                 [running.id, running.token]) == 1
 
 
 def test_cli_commands_outside_a_roles_scope_fail_with_one_line(roles):
@@ -375,6 +421,9 @@ def test_worker_user_stays_in_its_lane(roles, db, conn, schema):
         _denied(conn, _on(schema, "UPDATE {s}.jobs SET args = '{{}}', task = 'other'"))
         _denied(conn, _on(schema, "INSERT INTO {s}.jobs (task) VALUES ('x')"))
         _denied(conn, app.sql.SET_QUEUE_LIMIT, {"queue": "default", "limit": 1})
+        _denied(conn, app.sql.SET_QUEUE_PAUSED, {"queue": "default", "paused": True,
+                                                 "channel": app.sql.channel})
+        _denied(conn, _on(schema, "UPDATE {s}.jobs SET cancel_requested_at = now()"))
         _denied(conn, _on(schema, "SELECT * FROM {s}.worker_status"))
         _denied(conn, _on(schema, "TRUNCATE {s}.jobs"))
         _denied(conn, _on(schema, "DROP TABLE {s}.dead_letters"))
@@ -415,18 +464,40 @@ def test_operator_user_inspects_requeues_and_sets_limits(roles, db, schema):
     assert count(db, schema, "jobs", "id = %s AND attempts = 0", [int(requeued.stdout)]) == 1
     assert "deleted 2" in purged.stdout and count(db, schema, "dead_letters") == 0
 
+    # Cancels and pauses through the supported commands: a pending job ends cancelled in
+    # dead_letters, a running one is flagged and stays its worker's (lease untouched).
+    with psycopg.connect(roles.env["PGJOBS_DATABASE_URL"]) as owner:
+        (first, pending) = owner_app.enqueue_many(owner, [t.options(queue="ops").job(n=i)
+                                                          for i in range(2)])
+        owner.commit()
+    (running,) = store_support.claim(db, owner_app, queues=["ops"], limit=1, worker_id="w")
+    running_id = running.id
+    assert running_id == first
+    cancelled = run_cli("jobs", "cancel", str(pending), str(running_id), env=env)
+    paused = run_cli("queues", "pause", "ops", env=env)
+    for result in (cancelled, paused):
+        assert result.returncode == 0, (result.args, result.stderr[-2000:])
+    assert f"job {pending}: cancelled" in cancelled.stdout
+    assert f"job {running_id}: cancelling" in cancelled.stdout
+    assert count(db, schema, "dead_letters", "job_id = %s AND reason = 'cancelled'",
+                 [pending]) == 1
+    assert count(db, schema, "jobs", "id = %s AND state = 'running' AND lease_token = %s "
+                 "AND cancel_requested_at IS NOT NULL", [running_id, running.token]) == 1
+    assert count(db, schema, "queues", "name = 'ops' AND paused") == 1
+    resumed = run_cli("queues", "resume", "ops", env=env)
+    assert resumed.returncode == 0 and count(db, schema, "queues", "paused") == 0
+
     app = pgjobs.App(roles.urls["operator"], schema=schema)
     claim = dict(now=None, limit=10, lease_seconds=30, worker_id="op")
     with roles.connect("operator") as conn:
+        # Cancelling needs DELETE on jobs, but the worker's writes stay the worker's.
         _denied(conn, app.sql.CLAIM_ANY_QUEUE, claim)
         _denied(conn, app.sql.RESCUE_EXPIRED, dict(now=dt.datetime.now(dt.UTC), limit=10))
-        _denied(conn, _on(schema, "DELETE FROM {s}.jobs"))
+        _denied_flush(conn, app, running)
+        _denied(conn, _on(schema, "UPDATE {s}.jobs SET state = 'pending', lease_token = NULL"))
         _denied(conn, _on(schema, "UPDATE {s}.jobs SET priority = 1"))
         _denied(conn, _on(schema, "INSERT INTO {s}.jobs (task, state, lease_token) "
                                   "VALUES ('t', 'running', gen_random_uuid())"))
-        _denied(conn, _on(schema, "INSERT INTO {s}.dead_letters (job_id, queue, task, args, "
-                                  "attempts, max_attempts, error, created_at) "
-                                  "VALUES (1, 'q', 't', '{{}}', 1, 1, 'e', now())"))
         _denied(conn, _on(schema, "UPDATE {s}.dead_letters SET error = 'rewritten'"))
         _denied(conn, _on(schema, "DELETE FROM {s}.job_history"))
         _denied(conn, _on(schema, "DELETE FROM {s}.queues"))
@@ -436,7 +507,57 @@ def test_operator_user_inspects_requeues_and_sets_limits(roles, db, schema):
         _denied(conn, _on(schema, "DROP VIEW {s}.queue_stats"))
         _denied(conn, _on(schema, "ALTER TABLE {s}.jobs DISABLE TRIGGER ALL"))
         _denied(conn, _on(schema, "CREATE TABLE {s}.evil (x int)"))
-    assert count(db, schema, "jobs") == 2
+    assert count(db, schema, "jobs") == 3 and count(db, schema, "dead_letters") == 1
+
+
+# --- the viewer role -----------------------------------------------------------------------
+
+
+def test_viewer_user_reads_everything_and_changes_nothing(roles, db, schema):
+    owner_app = pgjobs.App(roles.env["PGJOBS_DATABASE_URL"], schema=schema)
+    t = _task(owner_app)
+    with psycopg.connect(roles.env["PGJOBS_DATABASE_URL"]) as owner:
+        ids = owner_app.enqueue_many(owner, [t.options(queue="mail").job(n=i) for i in range(3)])
+        owner.commit()
+    _bury(db, owner_app, 1)
+    (running,) = store_support.claim(db, owner_app, limit=1, worker_id="w")
+    (letter,) = [r[0] for r in db.execute(_on(schema, "SELECT id FROM {s}.dead_letters"))]
+    env = {**roles.env, "PGJOBS_DATABASE_URL": roles.urls["viewer"]}
+    with ThreadPoolExecutor(4) as pool:
+        stats, listed, jobs, queues = pool.map(lambda args: run_cli(*args, env=env), [
+            ("stats", "--json"), ("dead-letters", "list", "--json"),
+            ("jobs", "list", "--json"), ("queues", "list", "--json")])
+    for result in (stats, listed, jobs, queues):
+        assert result.returncode == 0, (result.args, result.stderr[-2000:])
+        _no_password(result.stdout, result.stderr)
+    (mail,) = json.loads(stats.stdout)["queues"]
+    assert (mail["pending"], mail["running"], mail["dead"]) == (1, 1, 1)
+    assert [d["error"] for d in json.loads(listed.stdout)] == ["E: boom"]
+    assert {j["id"] for j in json.loads(jobs.stdout)} >= set(ids[1:])
+
+    writes = [("enqueue", "t"), ("jobs", "cancel", str(ids[2])), ("queues", "pause", "mail"),
+              ("queues", "limit", "mail", "1"), ("dead-letters", "requeue", str(letter)),
+              ("dead-letters", "purge", "--yes")]
+    with ThreadPoolExecutor(3) as pool:
+        refused = list(pool.map(lambda args: run_cli(*args, env=env), writes))
+    for command, result in zip(writes, refused, strict=True):
+        _no_password(result.stdout, result.stderr)
+        assert "permission denied" in _one_line_error(result), command
+
+    app = pgjobs.App(roles.urls["viewer"], schema=schema)
+    with roles.connect("viewer") as conn:
+        _denied(conn, app.sql.CLAIM_ANY_QUEUE, dict(now=None, limit=10, lease_seconds=30,
+                                                    worker_id="viewer"))
+        _denied_flush(conn, app, running)
+        _denied(conn, _on(schema, "DELETE FROM {s}.jobs"))
+        _denied(conn, _on(schema, "UPDATE {s}.jobs SET cancel_requested_at = now()"))
+        _denied(conn, _on(schema, "DELETE FROM {s}.dead_letters"))
+        _denied(conn, _on(schema, "UPDATE {s}.queues SET paused = true"))
+        _denied(conn, _on(schema, "DELETE FROM {s}.cron_schedules"))
+        _denied(conn, _on(schema, "TRUNCATE {s}.job_results"))
+        _denied(conn, _on(schema, "CREATE TABLE {s}.evil (x int)"))
+    assert count(db, schema, "jobs") == 2 and count(db, schema, "dead_letters") == 1
+    assert count(db, schema, "queues", "paused OR pending_limit IS NOT NULL") == 0
 
 
 # --- credentials never printed ------------------------------------------------------------
