@@ -1,6 +1,8 @@
-"""The pgjobs App of the webhook examples and the tasks both receivers enqueue.
+"""The pgjobs App of the webhook examples and the delivery tasks the receivers enqueue.
 
-The receivers import it to enqueue; the worker runs it::
+Two handlers with the same rules: ``deliver_webhook``, a plain function the worker runs on
+its threads (the Flask receiver enqueues it), and ``deliver_webhook_async``, a coroutine
+it runs on its event loop (the FastAPI receiver's). One worker process runs both::
 
     pgjobs work examples.webhook_tasks:app
 
@@ -72,11 +74,36 @@ def forward(source: str, event_id: str, payload: dict[str, Any], *, attempt: int
     response.raise_for_status()  # a 5xx or 4xx fails this attempt; pgjobs retries
 
 
-# --- Coroutine handlers (`async def` tasks) -------------------------------------------
-# pgjobs does not run `async def` handlers yet (issue 10, item 2). When it does, an async
-# delivery belongs here, beside the sync one, in the same `pgjobs work` process, e.g.:
-#
-#     @app.task(name="webhooks.deliver_async", queue="webhooks", timeout=30.0)
-#     async def deliver_webhook_async(source: str, event_id: str) -> None:
-#         async with pgjobs.current_job().aconnection() as conn: ...
-#         async with httpx.AsyncClient() as client: ...
+@app.task(name="webhooks.deliver_async", queue="webhooks", max_attempts=8, timeout=30.0)
+async def deliver_webhook_async(source: str, event_id: str) -> None:
+    """:func:`deliver_webhook` as a coroutine: the worker runs it on its event loop, beside
+    the thread executors, so many slow deliveries wait on the network without a thread
+    each. The FastAPI receiver enqueues this one; the rules are the same."""
+    job = pgjobs.current_job()
+    params = {"source": source, "event_id": event_id}
+    async with job.aconnection() as conn:  # commits when the block ends without an exception
+        cursor = await conn.execute(SELECT_EVENT, params)
+        row = await cursor.fetchone()
+        if row is None:
+            raise pgjobs.PermanentError(f"no stored event {source}/{event_id}")
+        payload, delivered_at = row
+        if delivered_at is not None:
+            return  # an earlier attempt delivered it and committed
+        await aforward(source, event_id, payload, attempt=job.attempt)
+        await conn.execute(MARK_DELIVERED, params)
+
+
+async def aforward(source: str, event_id: str, payload: dict[str, Any], *,
+                   attempt: int) -> None:
+    """:func:`forward` without blocking the event loop."""
+    url = os.environ.get("WEBHOOK_FORWARD_URL")
+    if not url:
+        logger.info("delivered %s/%s (no WEBHOOK_FORWARD_URL set): %s", source, event_id,
+                    payload)
+        return
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        response = await client.post(
+            url, json={"source": source, "event": payload},
+            headers={"webhook-id": event_id, "webhook-attempt": str(attempt)},
+        )
+    response.raise_for_status()

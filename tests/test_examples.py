@@ -2,7 +2,8 @@
 
 Each receiver runs as a real server process (``uvicorn`` for FastAPI, ``flask run`` for
 Flask) on this test's schema; a real ``pgjobs work examples.webhook_tasks:app`` process
-delivers the events to a recording HTTP server in this process.
+delivers the events to a recording HTTP server in this process — with its coroutine handler
+for the FastAPI receiver's jobs, with its thread executors for the Flask receiver's.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ SERVERS = {
     "flask": ["-m", "flask", "--app", "examples.flask_webhooks.app", "run",
               "--host", "127.0.0.1", "--port", "0"],
 }
+# The delivery task each receiver enqueues: the async app's is a coroutine handler.
+DELIVERY_TASK = {"fastapi": "webhooks.deliver_async", "flask": "webhooks.deliver"}
 _LISTENING = re.compile(r"running on (http://127\.0\.0\.1:\d+)", re.IGNORECASE)
 
 
@@ -156,11 +159,10 @@ def lock_waits(db: psycopg.Connection[Any], application_name: str) -> list[str]:
     return [row[0] for row in rows]
 
 
-def jobs_succeeded(db: psycopg.Connection[Any], schema: str) -> int:
-    """Delivery jobs that ran to success, from the worker's per-minute history."""
+def jobs_succeeded(db: psycopg.Connection[Any], schema: str, task: str) -> int:
+    """Jobs of ``task`` that ran to success, from the worker's per-minute history."""
     row = db.execute(sql.SQL("SELECT coalesce(sum(succeeded), 0) FROM {} WHERE task = %s")
-                     .format(sql.Identifier(schema, "job_history")),
-                     ["webhooks.deliver"]).fetchone()
+                     .format(sql.Identifier(schema, "job_history")), [task]).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -210,7 +212,7 @@ def test_receiver_accepts_throttles_redelivers_and_drains(
             # Exactly the accepted events are stored, each with its job, in one transaction.
             assert stored_events(db, schema) == accepted
             assert live_jobs(db, schema) == {
-                job_id: ("webhooks.deliver", {"source": "shop", "event_id": event},
+                job_id: (DELIVERY_TASK[kind], {"source": "shop", "event_id": event},
                          f"webhook:shop:{event}")
                 for event, job_id in accepted.items()}
 
@@ -267,7 +269,7 @@ def test_receiver_accepts_throttles_redelivers_and_drains(
             worker.signal(signal.SIGTERM)
             assert worker.wait() == 0, worker.log
         # One job ran per stored event: no re-delivery, late or racing, enqueued another.
-        assert jobs_succeeded(db, schema) == len(accepted) + 2
+        assert jobs_succeeded(db, schema, DELIVERY_TASK[kind]) == len(accepted) + 2
     finally:
         if worker is not None:
             worker.kill()

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 import pgjobs
 from examples import webhook_events as events
 from examples.webhook_tasks import app as jobs
-from examples.webhook_tasks import deliver_webhook
+from examples.webhook_tasks import deliver_webhook_async
 
 
 @asynccontextmanager
@@ -70,7 +70,8 @@ async def receive_webhook(
     try:
         # A re-delivery racing this request waits for it on the unique key, then gets
         # this job's id instead of enqueueing a second one.
-        job_id = await deliver_webhook.options(
+        # The coroutine handler: an async app's delivery awaits the network too.
+        job_id = await deliver_webhook_async.options(
             unique_key=events.unique_key(source, event_id),
         ).aenqueue(session, source=source, event_id=event_id)
     except pgjobs.QueueFull as full:
