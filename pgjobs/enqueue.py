@@ -119,7 +119,8 @@ class Enqueuer:
             statement = self._sql.ENQUEUE_DELAYED
         else:
             params["channel"] = self._sql.channel
-            statement = self._sql.ENQUEUE_NOTIFY
+            params["wake_key"] = self._sql.wake_key
+            statement = self._sql.ENQUEUE_WAKE
         for _ in range(_UNIQUE_ROUNDS):
             rows = yield Execute(statement, params)
             if rows:
@@ -199,7 +200,8 @@ class Enqueuer:
             result, inserted = list(ids), list(range(len(jobs)))
         due = sorted({jobs[i].queue for i in inserted if jobs[i].delay <= 0})
         if due:
-            yield Execute(self._sql.NOTIFY_QUEUES, {"channel": self._sql.channel, "queues": due})
+            yield Execute(self._sql.WAKE_QUEUES, {"channel": self._sql.channel, "queues": due,
+                                                  "wake_key": self._sql.wake_key})
         return result, inserted
 
     def _insert_unique(self, jobs: list[JobSpec], ids: list[int], server_now: dt.datetime,
@@ -309,5 +311,7 @@ class _schema_errors:
         return None
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        if isinstance(exc, pg_errors.UndefinedTable | pg_errors.InvalidSchemaName):
+        # UndefinedFunction: a schema older than migration 0005 (wake_waiting_fetchers).
+        if isinstance(exc, pg_errors.UndefinedTable | pg_errors.InvalidSchemaName
+                      | pg_errors.UndefinedFunction):
             raise SchemaMissingError(self._schema) from exc

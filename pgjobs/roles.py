@@ -62,7 +62,7 @@ from .migrate import VERSION_TABLE, current_revision, head_revision
 
 #: The pgjobs objects privileges are managed on (tables, views, sequences).
 TABLES = ("jobs", "dead_letters", "queues", "workers", "job_history", "cron_schedules",
-          "job_results", VERSION_TABLE)
+          "job_results", "waiting_fetchers", VERSION_TABLE)
 VIEWS = ("queue_stats", "worker_status", "throughput", "periodic_schedules")
 SEQUENCES = ("jobs_id_seq", "dead_letters_id_seq")
 
@@ -104,6 +104,8 @@ PRIVILEGES: dict[str, tuple[Grant, ...]] = {
         ("SELECT", "jobs", ("id", "queue", "state", "unique_key")),
         ("SELECT", "queues", _QUEUE_LIMIT_COLUMNS),
         ("USAGE", "jobs_id_seq", None),
+        # Enqueue notifies only while a fetcher waits (wake_waiting_fetchers reads this).
+        ("SELECT", "waiting_fetchers", None),
         *_CANCEL,
         *_READ_STATUS,
     ),
@@ -134,6 +136,10 @@ PRIVILEGES: dict[str, tuple[Grant, ...]] = {
         ("INSERT", "job_results", None),
         ("UPDATE", "job_results", ("result", "finished_at", "expires_at")),
         ("DELETE", "job_results", None),
+        # A fetcher going to wait says so (and enqueues it wakes run as the app role).
+        ("SELECT", "waiting_fetchers", None),
+        ("INSERT", "waiting_fetchers", ("worker_id", "queues")),
+        ("DELETE", "waiting_fetchers", None),
     ),
     "operator": (
         *(("SELECT", name, None) for name in (*TABLES, *VIEWS)),

@@ -34,6 +34,25 @@ WITH inserted AS (
 SELECT id, pg_notify(%(channel)s, %(queue)s) FROM inserted
 """
 
+# The same insert, waking only fetchers that wait for a NOTIFY (migration 0005): a
+# pending NOTIFY takes PostgreSQL's global notify lock through commit, so notifying
+# commits cannot group-commit; while every fetcher is busy, none is sent. The function
+# takes a shared advisory lock (held until our commit) before it reads
+# waiting_fetchers, which closes the race with a fetcher that is just going to wait
+# (see MARK_FETCHER_WAITING).
+ENQUEUE_WAKE = """
+WITH inserted AS (
+    INSERT INTO {schema}.jobs
+        (queue, task, args, priority, max_attempts, next_run_at, unique_key, trace_context)
+    VALUES (%(queue)s, %(task)s, %(args)s::jsonb, %(priority)s, %(max_attempts)s,
+            now(), %(unique_key)s, %(trace)s::jsonb)
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+    RETURNING id
+)
+SELECT id, {schema}.wake_waiting_fetchers(%(channel)s, %(queue)s, %(wake_key)s)
+FROM inserted
+"""
+
 # A delayed job is not claimable yet: waking workers now would be wasted work.
 ENQUEUE_DELAYED = """
 INSERT INTO {schema}.jobs
@@ -82,6 +101,12 @@ SELECT unique_key, id FROM {schema}.jobs WHERE unique_key = ANY(%(unique_keys)s:
 
 NOTIFY_QUEUES = """
 SELECT pg_notify(%(channel)s, q) FROM unnest(%(queues)s::text[]) AS q
+"""
+
+# enqueue_many's wake-up: one call per queue that got due jobs (see ENQUEUE_WAKE).
+WAKE_QUEUES = """
+SELECT {schema}.wake_waiting_fetchers(%(channel)s, q, %(wake_key)s)
+FROM unnest(%(queues)s::text[]) AS q
 """
 
 # --- backpressure -------------------------------------------------------------------------
@@ -227,6 +252,28 @@ WITH picked AS (
     LIMIT %(limit)s
 )
 """ + _CLAIM_PICKED  # noqa: S608 (two constant texts; no value is formatted in)
+
+# A fetcher about to wait for a NOTIFY says so (its row makes enqueues notify), then
+# tries the wake-up key exclusively. Granted, no enqueue transaction that read
+# waiting_fetchers before this row committed is still open (each holds the key shared
+# until it ends), so the fetcher's next claim sees all their jobs, and every later one
+# sees the row and notifies. Refused (an enqueue is in flight), the fetcher claims again
+# shortly and tries again. A try-lock, so it never queues enqueues behind a long
+# transaction. Returns whether the key was granted.
+MARK_FETCHER_WAITING = """
+WITH waiting AS (
+    INSERT INTO {schema}.waiting_fetchers (worker_id, queues)
+    VALUES (%(worker_id)s, %(queues)s::text[])
+    ON CONFLICT (worker_id) DO NOTHING
+    RETURNING 1
+)
+SELECT pg_try_advisory_xact_lock(%(wake_key)s), (SELECT count(*) FROM waiting)
+"""
+
+# A full claim: the fetcher is busy, enqueues need not wake it.
+UNMARK_FETCHER_WAITING = """
+DELETE FROM {schema}.waiting_fetchers WHERE worker_id = %(worker_id)s
+"""
 
 # When the next scheduled job becomes due, so an idle fetcher sleeps exactly that long.
 NEXT_DUE_ANY_QUEUE = """
@@ -644,6 +691,16 @@ WITH gone AS (
         FOR UPDATE SKIP LOCKED
     )
     RETURNING 1
+), stale_waiting AS (
+    -- Waiting marks of killed workers (no heartbeat for a minute, or twice their lease):
+    -- they only cost NOTIFYs, so they go at retention's pace.
+    DELETE FROM {schema}.waiting_fetchers AS f
+    WHERE f.since < now() - interval '1 minute'
+      AND NOT EXISTS (
+          SELECT 1 FROM {schema}.workers AS w
+          WHERE w.id = f.worker_id
+            AND w.last_heartbeat_at > now() - greatest(60, 2 * w.lease_seconds)
+                                              * interval '1 second')
 )
 SELECT count(*) FROM gone
 """
@@ -1001,6 +1058,12 @@ def channel_for(schema: str) -> str:
     return "pgjobs_" + hashlib.sha256(schema.encode()).hexdigest()[:32]
 
 
+def wake_key_for(schema: str) -> int:
+    """A signed 64-bit advisory lock key for a schema's wake-ups (stable across runs)."""
+    digest = hashlib.sha256(b"pgjobs-wake:" + schema.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 #: Payload prefix of a cancel request on the workers' channel (then the job id).
 CANCEL_PREFIX = "pgjobs:cancel:"
 
@@ -1034,6 +1097,11 @@ class Statements:
     def finished_channel(self) -> str:
         """The channel announcing finished job ids (``app.wait_for``)."""
         return finished_channel_for(self.schema)
+
+    @property
+    def wake_key(self) -> int:
+        """The advisory lock key of this schema's wake-ups (see MARK_FETCHER_WAITING)."""
+        return wake_key_for(self.schema)
 
     @property
     def listen(self) -> sql.Composed:

@@ -245,6 +245,24 @@ class JobStore:
             return None
         return float(row[0].total_seconds())
 
+    def mark_fetcher_waiting(self, conn: Conn, *, worker_id: str,
+                             queues: Sequence[str] | None) -> bool:
+        """Advertise that this fetcher waits for a NOTIFY (autocommit connection).
+
+        True when the wake-up key was granted: every enqueue that did not see the mark
+        has committed, so one more claim finds its jobs. False: claim again shortly and
+        mark again (see ``sql.MARK_FETCHER_WAITING``)."""
+        row = conn.execute(self._q(S.MARK_FETCHER_WAITING),
+                           {"worker_id": worker_id,
+                            "queues": list(queues) if queues is not None else None,
+                            "wake_key": self.sql.wake_key}, prepare=self.prepare).fetchone()
+        return bool(row and row[0])
+
+    def unmark_fetcher_waiting(self, conn: Conn, *, worker_id: str) -> None:
+        """This fetcher is busy: enqueues need not notify it."""
+        conn.execute(self._q(S.UNMARK_FETCHER_WAITING), {"worker_id": worker_id},
+                     prepare=self.prepare)
+
     # --- outcomes ------------------------------------------------------------------------
 
     def complete(

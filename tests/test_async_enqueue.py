@@ -225,6 +225,9 @@ def test_aenqueue_many_ids_in_order_with_duplicates_and_unique_keys(kind, app, p
 @pytest.mark.parametrize("kind", KINDS)
 def test_notify_once_per_queue_per_transaction(kind, app, pg_url, schema):
     deliver, flaky = _tasks(app)
+    with psycopg.connect(pg_url, autocommit=True) as db:  # stand in for a waiting fetcher
+        db.execute(sql.SQL("INSERT INTO {}.waiting_fetchers (worker_id) VALUES ('test')")
+                   .format(sql.Identifier(schema)))
 
     async def scenario() -> None:
         async with connect(kind, pg_url) as h:

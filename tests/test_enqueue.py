@@ -251,8 +251,48 @@ def test_enqueue_many_refuses_non_jobs(app, conn):
     assert app.enqueue_many(conn, []) == []
 
 
-def test_notify_once_per_queue_per_transaction(app, pg_url, conn, schema):
+def _pretend_a_fetcher_waits(db, schema, queues=None):
+    """Enqueue notifies only while a fetcher waits (migration 0005): stand in for one."""
+    db.execute(sql.SQL("INSERT INTO {}.waiting_fetchers (worker_id, queues) VALUES (%s, %s)")
+               .format(sql.Identifier(schema)), ["test-listener", queues])
+
+
+def _heard(listener, app):
+    """Notifications on the workers' channel up to a probe sent now."""
+    listener.execute("SELECT pg_notify(%s, 'probe')", [app.sql.channel])
+    got = []
+    for note in listener.notifies(timeout=10):
+        if note.payload == "probe":
+            break
+        got.append(note.payload)
+    return got
+
+
+def test_no_notify_while_no_fetcher_waits(app, pg_url, conn, db, schema):
+    # Busy workers (no waiting_fetchers row) are not woken: notifying commits take
+    # PostgreSQL's global notify lock and cannot group-commit. A fetcher serving other
+    # queues only is not woken either.
+    deliver, _ = _tasks(app)
+    with psycopg.connect(pg_url, autocommit=True) as listener:
+        listener.execute(app.sql.listen)
+        deliver.enqueue(conn, event_id="1", body={})
+        app.enqueue_many(conn, [deliver.job(event_id="m", body={})] * 3)
+        conn.commit()
+        assert _heard(listener, app) == []
+        _pretend_a_fetcher_waits(db, schema, ["elsewhere"])
+        deliver.enqueue(conn, event_id="2", body={})
+        conn.commit()
+        assert _heard(listener, app) == []
+        db.execute(sql.SQL("UPDATE {}.waiting_fetchers SET queues = %s")
+                   .format(sql.Identifier(schema)), [["elsewhere", "webhooks"]])
+        deliver.enqueue(conn, event_id="3", body={})
+        conn.commit()
+        assert _heard(listener, app) == ["webhooks"]
+
+
+def test_notify_once_per_queue_per_transaction(app, pg_url, conn, db, schema):
     deliver, flaky = _tasks(app)
+    _pretend_a_fetcher_waits(db, schema)
     with psycopg.connect(pg_url, autocommit=True) as listener:
         listener.execute(app.sql.listen)
         for i in range(5):
@@ -367,6 +407,7 @@ def test_unique_key_reinsert_notifies_traces_and_counts_like_the_first_insert(pg
     with psycopg.connect(pg_url) as c:
         holder = deliver.options(unique_key="k").enqueue(c, event_id="holder", body={})
         c.commit()
+    _pretend_a_fetcher_waits(db, schema)
     with psycopg.connect(pg_url, autocommit=True) as listener, \
             RaceConnection.connect(pg_url) as conn:
         listener.execute(app.sql.listen)

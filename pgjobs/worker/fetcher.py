@@ -27,6 +27,9 @@ POLL_JITTER = 0.2
 # busy while the completer flushes, small enough that a stalled completer cannot leave
 # tens of thousands of jobs leased (and the completion statement slow) behind it.
 MAX_UNWRITTEN_BACKLOG = 1000
+# A fetcher going to wait while an enqueue transaction is in flight claims again after
+# this long, doubling up to the poll interval, until the wake-up key is granted.
+MARK_RETRY_MIN = 0.005
 
 
 class JobSink(Protocol):
@@ -76,6 +79,13 @@ class Fetcher(ThreadService):
         self._more_likely = True  # claim at start-up
         self._next_poll = 0.0
         self.claims = 0
+        # Enqueues notify only while some fetcher waits (its waiting_fetchers row), so a
+        # fetcher that finds too little says so before it relies on NOTIFYs; a
+        # --poll-only fetcher never relies on them.
+        self._advertise = not settings.poll_only
+        self._waiting = False     # our waiting_fetchers row may exist
+        self._confirmed = False   # ...and the wake-up key was granted after it committed
+        self._mark_retry = MARK_RETRY_MIN
 
     # --- signals from the other parts ----------------------------------------------------
 
@@ -138,6 +148,8 @@ class Fetcher(ThreadService):
             except Exception:
                 log.exception("fetcher: unexpected error; retrying in 1s")
                 self._stopping.wait(1.0)
+        if self._waiting:
+            self._set_busy()  # best effort: a row left behind only costs NOTIFYs
         self._conn.discard()
 
     def _wait_for_capacity_and_reason(self) -> int:
@@ -177,8 +189,44 @@ class Fetcher(ThreadService):
         if len(jobs) == wanted:
             with self._cv:
                 self._more_likely = True
+            if self._waiting:
+                self._set_busy()
+            return
+        if self._advertise and not self._confirmed:
+            self._go_waiting()
             return
         self._schedule_next_poll()
+
+    def _go_waiting(self) -> None:
+        """Mark this fetcher waiting, then claim once more (the race-closing claim)."""
+        granted = self._conn.run(lambda conn: self._store.mark_fetcher_waiting(
+            conn, worker_id=self._worker_id, queues=self._queues))
+        if granted is None:  # stopping while the database was unreachable
+            return
+        self._waiting = True
+        with self._cv:
+            if granted:
+                # Every enqueue that missed our row has committed: this claim sees its
+                # jobs; every later enqueue notifies us.
+                self._confirmed = True
+                self._mark_retry = MARK_RETRY_MIN
+                self._more_likely = True
+            else:
+                # An enqueue that may have missed our row is still open: claim again
+                # soon (and mark again) rather than wait for it while holding the key.
+                self._next_poll = self._clock.monotonic() + self._mark_retry
+                self._mark_retry = min(self._mark_retry * 2, self._poll_interval)
+
+    def _set_busy(self) -> None:
+        """A full claim: enqueues need not wake us (remove our waiting row)."""
+        self._waiting = self._confirmed = False
+        self._mark_retry = MARK_RETRY_MIN
+        try:
+            self._conn.run(lambda conn: self._store.unmark_fetcher_waiting(
+                conn, worker_id=self._worker_id))
+        except Exception:
+            # The row stays: enqueues keep notifying us, which is always safe.
+            log.debug("fetcher: could not remove its waiting mark", exc_info=True)
 
     def _schedule_next_poll(self) -> None:
         """Sleep until the fallback poll, or until the next scheduled job is due."""
