@@ -282,3 +282,38 @@ def test_retry_after_header_rounds_up_to_whole_seconds() -> None:
 
     assert [retry_after_header(full(s)) for s in (0.2, 1.0, 2.5)] == ["1", "1", "3"]
 
+
+
+def test_one_worker_delivers_for_both_receivers(
+        pg_url: str, schema: str, db: psycopg.Connection[Any]) -> None:
+    """The README's set-up: both receivers on one database, one `pgjobs work` running the
+    sync and the coroutine delivery side by side."""
+    url = with_search_path(pg_url, schema)
+    recorder = Recorder()
+    sent: dict[str, set[str]] = {}
+    try:
+        # One after the other: the first creates webhook_events, the second finds it.
+        with running("fastapi", cli_env(url, schema)) as (_, fastapi), \
+                running("flask", cli_env(url, schema)) as (_, flask):
+            for source, client in (("shop", fastapi), ("crm", flask)):
+                sent[source] = {f"{source}-{n}" for n in range(3)}
+                for event in sorted(sent[source]):
+                    assert post_event(client, event, source).status_code == 202
+        worker = WorkerProcess(url, schema, app="examples.webhook_tasks:app",
+                               env_extra={"WEBHOOK_FORWARD_URL": recorder.url})
+        try:
+            worker.wait_started()
+            wait_until(lambda: not live_jobs(db, schema) and not undelivered(db, schema),
+                       timeout=60, message="the worker to deliver every event")
+            worker.signal(signal.SIGTERM)
+            assert worker.wait() == 0, worker.log
+        finally:
+            worker.kill()
+        by_source: dict[str, set[str]] = {}
+        for event_id, body in recorder.deliveries:
+            by_source.setdefault(body["source"], set()).add(event_id)
+        assert by_source == sent
+        assert jobs_succeeded(db, schema, DELIVERY_TASK["fastapi"]) == 3
+        assert jobs_succeeded(db, schema, DELIVERY_TASK["flask"]) == 3
+    finally:
+        recorder.close()
