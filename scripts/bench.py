@@ -151,6 +151,9 @@ SIZES: dict[str, tuple[Any, Any]] = {
     "backlog_m": (50_000, 10_000),
     "backlog_warmup": (1_000, 500),
     "backlog_concurrency": (50, 50),
+    "async_noop_n": (50_000, 5_000),
+    "async_sleep_n": (50_000, 5_000),
+    "async_concurrency": ("50,500", "50,500"),
     "dashboard_pending": (1_000_000, 100_000),
     "dashboard_dead": (100_000, 10_000),
     "dashboard_requests": (30, 10),
@@ -972,6 +975,56 @@ def bench_backlog(cfg: argparse.Namespace, report: Report) -> None:
                         f"jobs {run['window'][0]:,}..{run['window'][1]:,}")
 
 
+# --- coroutine handlers -------------------------------------------------------------------
+
+
+def _async_noop_task(app: pgjobs.App) -> pgjobs.Task[Any, Any]:
+    async def anoop(i: int) -> None:
+        return None
+
+    return app.task(name="bench.work.async_noop", queue=QUEUE)(anoop)
+
+
+def _async_nap_task(app: pgjobs.App) -> pgjobs.Task[Any, Any]:
+    async def anap(i: int) -> None:
+        await asyncio.sleep(0.01)
+
+    return app.task(name="bench.work.async_sleep10ms", queue=QUEUE)(anap)
+
+
+def bench_async_work(cfg: argparse.Namespace, report: Report) -> None:
+    """Coroutine handlers: no-op drain against the sync drain, interleaved (sync, async,
+    async, sync; medians), then 10 ms ``asyncio.sleep`` jobs at each concurrency."""
+    print("\n== async work (coroutine handlers)", flush=True)
+    concurrencies = [int(c) for c in str(cfg.async_concurrency).split(",") if c.strip()]
+    n, c = cfg.async_noop_n, concurrencies[0]
+    rates: dict[str, list[float]] = {"sync": [], "async": []}
+    for kind in ("sync", "async", "async", "sync"):
+        reap_lingering(report)
+        print(f"  drain {n:,} no-op {kind} jobs at concurrency {c}", flush=True)
+        make = _noop_task if kind == "sync" else _async_noop_task
+        out = drain(cfg, f"anoop_{kind}", c, n, make)
+        rates[kind].append(out["rate"])
+        if len(rates[kind]) == 2:
+            median = dict(out, rate=statistics.median(rates[kind]))
+            _report_drain(report, cfg, f"work.async.noop_{kind}.c{c}", median, n, c,
+                          runs=_rounded(rates[kind]))
+    report.add(f"work.async.noop.c{c}_vs_sync",
+               statistics.median(rates["async"]) / statistics.median(rates["sync"]), "ratio",
+               target_min=0.80, what="median coroutine no-op drain / median sync drain")
+    for c in concurrencies:
+        reap_lingering(report)
+        print(f"  drain {cfg.async_sleep_n:,} 10 ms asyncio.sleep jobs at concurrency {c}",
+              flush=True)
+        out = drain(cfg, f"asleep_c{c}", c, cfg.async_sleep_n, _async_nap_task)
+        _report_drain(report, cfg, f"work.async.sleep10ms.c{c}", out, cfg.async_sleep_n, c,
+                      ideal=c / 0.01)
+        if c == 500:
+            report.results[-1].params["target_min"] = 8000
+        report.add(f"work.async.sleep10ms.c{c}_vs_ideal", out["rate"] / (c / 0.01), "ratio")
+    reap_lingering(report)
+
+
 # --- main ---------------------------------------------------------------------------------
 
 
@@ -980,11 +1033,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="pgjobs benchmarks (see the module docstring for what each number means)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("mode", choices=["enqueue", "work", "all", "dashboard"])
+    parser.add_argument("mode", choices=["enqueue", "work", "async-work", "all", "dashboard",
+                                         "throughput"])
     parser.add_argument("--database-url",
                         default=os.environ.get("PGJOBS_BENCH_DATABASE_URL") or DEFAULT_URL,
                         help="created (and dropped at the end) if the database is missing")
     parser.add_argument("--json", metavar="FILE", help="also write settings and results here")
+    import bench_throughput  # its own flags (concurrent enqueue, process drains)
+
+    bench_throughput.add_arguments(parser)
     parser.add_argument("--quick", action="store_true",
                         help="shrink every size not given explicitly (smoke test)")
     parser.add_argument("--keep-database", action="store_true",
@@ -1023,6 +1080,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "backlog_m": "jobs drained (and timed) in the large-backlog case",
         "backlog_warmup": "completions before the backlog timing window opens",
         "backlog_concurrency": "concurrency of the backlog runs",
+        "async_noop_n": "jobs per no-op drain of the coroutine vs sync comparison",
+        "async_sleep_n": "10 ms asyncio.sleep coroutine jobs per concurrency",
+        "async_concurrency": "comma-separated concurrencies of the coroutine drains",
         "dashboard_pending": "live jobs in the dashboard benchmark's tables",
         "dashboard_dead": "dead letters in the dashboard benchmark's tables",
         "dashboard_requests": "timed requests per dashboard page",
@@ -1133,6 +1193,13 @@ def main(argv: list[str] | None = None) -> int:
             bench_dashboard(cfg, report, fresh_schema=fresh_schema, percentile=percentile)
         if cfg.mode in ("work", "all"):
             bench_work(cfg, report)
+        if cfg.mode in ("async-work", "work", "all"):
+            bench_async_work(cfg, report)
+        if cfg.mode in ("throughput", "all"):
+            # Concurrent enqueue and `pgjobs work --processes` drains: bench_throughput.py.
+            import bench_throughput
+
+            bench_throughput.run(cfg, report, fresh_schema)
         report.settings["elapsed_seconds"] = round(perf() - started, 1)
         report.settings["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
         print_table(report)

@@ -137,7 +137,8 @@ class CoroutineExecutor:
         self._loop.set_task_factory(self._task_factory)  # type: ignore[arg-type]
         self._pending: deque[ClaimedJob] = deque()  # claimed, waiting for a slot
         self._running: dict[int, _Attempt] = {}
-        self._cv = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # a plain lock: taken several times per job
+        self._loop_ident: int | None = None
         self._pump_scheduled = False
         self._disowned: list[asyncio.Task[None]] = []
         self._apool: Any = None
@@ -163,6 +164,7 @@ class CoroutineExecutor:
         self._monitor.start()
 
     def _main(self) -> None:
+        self._loop_ident = threading.get_ident()
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_forever()
@@ -176,30 +178,29 @@ class CoroutineExecutor:
         return len(self._running)
 
     def running_jobs(self) -> list[ClaimedJob]:
-        with self._cv:
+        with self._lock:
             return [a.job for a in self._running.values()]
 
     def take_unstarted(self) -> list[ClaimedJob]:
         """Shutdown: the jobs still waiting for a slot (they will not start)."""
-        with self._cv:
+        with self._lock:
             jobs = list(self._pending)
             self._pending.clear()
             return jobs
 
     def join(self, deadline: float) -> bool:
         """Wait until no coroutine job runs, or ``deadline`` (monotonic); True if none."""
-        with self._cv:
-            while self._running:
-                left = deadline - self._clock.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(min(left, 0.1))
+        while self._running:  # polled: a shutdown waits in tenths of a second anyway
+            left = deadline - self._clock.monotonic()
+            if left <= 0:
+                return False
+            self._stopping.wait(min(left, 0.05))
         return True
 
     def abandon_running(self) -> list[ClaimedJob]:
         """Shutdown timeout: disown every running job (its outcome is dropped; the
         runtime hands it back) and cancel its task."""
-        with self._cv:
+        with self._lock:
             attempts = list(self._running.values())
             self._running.clear()
         for attempt in attempts:
@@ -239,7 +240,7 @@ class CoroutineExecutor:
 
     def submit(self, job: ClaimedJob) -> None:
         """A claimed coroutine job (fetcher thread): starts when a slot is free."""
-        with self._cv:
+        with self._lock:
             self._pending.append(job)
             schedule = not self._pump_scheduled
             self._pump_scheduled = True
@@ -248,9 +249,9 @@ class CoroutineExecutor:
 
     def _on_room(self) -> None:
         """A slot freed somewhere (any thread): start a waiting job, if any."""
-        if threading.current_thread() is self._thread:
+        if threading.get_ident() == self._loop_ident:
             return  # our own job ended: _finish pumps directly
-        with self._cv:
+        with self._lock:
             if not self._pending or self._pump_scheduled:
                 return
             self._pump_scheduled = True
@@ -260,23 +261,23 @@ class CoroutineExecutor:
             pass
 
     def _pump(self) -> None:
-        """Start waiting jobs while slots are free (loop thread)."""
-        with self._cv:
+        """Start waiting jobs while slots are free (loop thread), as one batch."""
+        with self._lock:
             self._pump_scheduled = False
-        while True:
-            with self._cv:
-                if not self._pending:
-                    return
-            if not self._capacity.try_acquire():
-                return
-            with self._cv:
-                job = self._pending.popleft() if self._pending else None
-            if job is None:  # taken back by the shutdown meanwhile
-                self._capacity.release()
-                return
-            task = self._loop.create_task(self._run_job(job), context=contextvars.Context())
-            with self._cv:
+            waiting = len(self._pending)
+        granted = self._capacity.try_acquire_many(waiting) if waiting else 0
+        if not granted:
+            return
+        loop = self._loop
+        with self._lock:
+            jobs = [self._pending.popleft() for _ in range(min(granted, len(self._pending)))]
+            for job in jobs:
+                # Not loop.create_task: our own tasks skip the task factory (hot path).
+                task = asyncio.Task(self._run_job(job), loop=loop,
+                                    context=contextvars.Context())
                 self._running[job.id] = _Attempt(job, task)
+        for _ in range(granted - len(jobs)):  # taken back by the shutdown meanwhile
+            self._capacity.release()
 
     def _task_factory(self, loop: asyncio.AbstractEventLoop,
                       coro: Coroutine[Any, Any, Any], **kwargs: Any) -> asyncio.Task[Any]:
@@ -318,14 +319,16 @@ class CoroutineExecutor:
         assert task is not None
         timeout = task.timeout
         flag = self._in_hand.cancel_flag(job.id)
-        me = asyncio.current_task()
-        assert me is not None
-        loop = self._loop
+        loop, running = self._loop, self._running
 
         def cancel_task() -> None:  # from the listener's or the heartbeat's thread
-            loop.call_soon_threadsafe(me.cancel)
+            attempt = running.get(job.id)
+            if attempt is not None:
+                loop.call_soon_threadsafe(attempt.task.cancel)
 
-        forget = flag.on_cancel(cancel_task)
+        # Not unregistered when the attempt ends: the flag goes when the outcome is
+        # written, and a late request finds no running attempt (one lock less per job).
+        flag.on_cancel(cancel_task)
         set_current(JobContext(
             id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
             max_attempts=job.max_attempts, args=args, enqueued_at=job.created_at,
@@ -346,21 +349,23 @@ class CoroutineExecutor:
             return self._classifier.failure(job, exc, duration), exc
         except BaseException as exc:  # CancelledError included: a cancel request
             return self._classifier.failure(job, exc, self._clock.monotonic() - started), exc
-        finally:
-            forget()
         return self._classifier.success(job, task, value,
                                         self._clock.monotonic() - started), None
 
     def _finish(self, job: ClaimedJob, result: Result | None) -> None:
-        with self._cv:
+        with self._lock:
             attempt = self._running.pop(job.id, None)
-            if not self._running:
-                self._cv.notify_all()
+            # Jobs waiting for a slot: one pump after this loop iteration starts as many
+            # as slots freed meanwhile (a pump per finished job cost ~10% of the loop).
+            pump = bool(self._pending) and not self._pump_scheduled
+            if pump:
+                self._pump_scheduled = True
         if attempt is None or result is None:
             return  # disowned at shutdown: the runtime handed it back already
         self._capacity.release()
         self._report(result)
-        self._pump()
+        if pump:
+            self._loop.call_soon(self._pump)
 
     # --- connections -----------------------------------------------------------------------
 
@@ -406,7 +411,7 @@ class CoroutineExecutor:
         ctx: JobContext | None = self._spawned.get(task) if task is not None else None
         job: tuple[int, str] | None = (ctx.id, ctx.task) if ctx is not None else None
         if job is None:
-            with self._cv:
+            with self._lock:
                 for attempt in self._running.values():
                     if attempt.task is task:
                         job = (attempt.job.id, attempt.job.task)

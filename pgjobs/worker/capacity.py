@@ -20,16 +20,23 @@ class Capacity:
         self.limit = limit
         self._used = 0
         self._closed = False
-        self._cv = threading.Condition(threading.Lock())
+        # Plain lock for the hot paths; the condition (same lock) only for waiting threads.
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._waiters = 0
         #: Called (outside the lock, in the releasing thread) whenever a slot frees or the
         #: capacity closes; the coroutine executor uses it to start waiting jobs.
         self.on_room: Callable[[], None] | None = None
 
     def acquire(self) -> bool:
         """Wait for a slot (threads only); False once closed: do not start the job."""
-        with self._cv:
+        with self._lock:
             while self._used >= self.limit and not self._closed:
-                self._cv.wait()
+                self._waiters += 1
+                try:
+                    self._cv.wait()
+                finally:
+                    self._waiters -= 1
             if self._closed:
                 return False
             self._used += 1
@@ -37,24 +44,34 @@ class Capacity:
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free now (never waits: safe on the event loop)."""
-        with self._cv:
+        with self._lock:
             if self._closed or self._used >= self.limit:
                 return False
             self._used += 1
             return True
 
+    def try_acquire_many(self, wanted: int) -> int:
+        """Take up to ``wanted`` free slots now (never waits); returns how many."""
+        with self._lock:
+            if self._closed:
+                return 0
+            granted = max(0, min(wanted, self.limit - self._used))
+            self._used += granted
+            return granted
+
     def release(self) -> None:
         """A job's attempt ended (or it was disowned): its slot is free."""
-        with self._cv:
+        with self._lock:
             self._used -= 1
-            self._cv.notify()
+            if self._waiters:
+                self._cv.notify()
         on_room = self.on_room
         if on_room is not None:
             on_room()
 
     def close(self) -> None:
         """Shutdown: jobs not started yet never start (waiting threads get False)."""
-        with self._cv:
+        with self._lock:
             self._closed = True
             self._cv.notify_all()
 
