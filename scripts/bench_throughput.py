@@ -1,0 +1,322 @@
+"""Throughput benchmarks of issue 14: concurrent enqueue, and drains by `pgjobs work`.
+
+Run through ``scripts/bench.py throughput`` (also part of ``all``); the helpers (schemas,
+report) are bench.py's. What each number means:
+
+``enqueue.concurrent.*``: tx/s of ``--concurrent-connections`` (16) threads, each on its
+    own connection committing single-row transactions, ``--concurrent-n`` in all, rounds
+    rotated, medians. Variants: ``tx_insert`` a bare INSERT + commit (the reference);
+    ``insert_notify`` the same INSERT with ``pg_notify`` (what any notifying enqueue pays:
+    PostgreSQL's global notify lock through commit, no group commit); ``pgjobs`` the
+    enqueue while no fetcher waits (workers busy, or none); ``pgjobs_waiting`` the same
+    while a fetcher waits (every enqueue notifies); ``legacy`` the pre-0005 statement
+    (always notifies), the before-figure in the same run. ``pgjobs_vs_tx_insert`` has the
+    target (>= 0.80).
+``drain.process.p{P}.c{C}``: jobs/s of one ``pgjobs work --processes P --concurrency C``
+    draining ``--process-drain-n`` (50,000) no-op jobs, from the first claimed job to an
+    empty table (process start-up excluded). ``drain.reference.p{P}``: a minimal psycopg
+    loop in P processes, one connection each: claim 100 with UPDATE … SKIP LOCKED
+    RETURNING, decode the args, and DELETE them in the statement claiming the next 100
+    (one round trip per batch), over the same jobs, in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+import pgjobs
+
+HERE = Path(__file__).resolve().parent
+QUEUE = "bench"
+TASK = "bench.throughput.noop"
+perf = time.perf_counter
+
+FreshSchema = Callable[[str, str], AbstractContextManager[str]]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--concurrent-connections", type=int, default=16)
+    parser.add_argument("--concurrent-n", type=int, default=None,
+                        help="single-row transactions per concurrent variant per round "
+                             "(default 8000, --quick 1600)")
+    parser.add_argument("--process-drain-n", type=int, default=None,
+                        help="jobs per `pgjobs work` drain (default 50000, --quick 5000)")
+    parser.add_argument("--process-counts", default="1,2",
+                        help="comma-separated --processes values of the process drains")
+    parser.add_argument("--process-concurrency", default="10,50,100",
+                        help="comma-separated --concurrency values of the process drains")
+
+
+# --- concurrent single-row enqueue ------------------------------------------------------
+
+
+def _threads(n_threads: int, n_total: int, connect: Callable[[], Any],
+             one: Callable[[Any, int], None]) -> float:
+    """Seconds for n_total single-row transactions split over n_threads connections."""
+    conns = [connect() for _ in range(n_threads)]
+    start = threading.Barrier(n_threads + 1)
+    errors: list[BaseException] = []
+    per = n_total // n_threads
+
+    def run(k: int) -> None:
+        conn = conns[k]
+        start.wait()
+        try:
+            for i in range(per):
+                one(conn, k * per + i)
+                conn.commit()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n_threads)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = perf()
+    for t in threads:
+        t.join()
+    elapsed = perf() - t0
+    for c in conns:
+        c.close()
+    if errors:
+        raise errors[0]
+    return elapsed
+
+
+def bench_concurrent_enqueue(cfg: argparse.Namespace, report: Any,
+                             fresh_schema: FreshSchema) -> None:
+    url = cfg.database_url
+    n_threads = cfg.concurrent_connections
+    n_total = cfg.concurrent_n or (1600 if cfg.quick else 8000)
+    n_total -= n_total % n_threads
+    print(f"\n== concurrent enqueue: {n_threads} connections, {n_total:,} single-row "
+          f"transactions per variant per round, {cfg.rounds} rounds", flush=True)
+    variants = ("tx_insert", "insert_notify", "pgjobs", "pgjobs_waiting", "legacy")
+    with _schemas(fresh_schema, url, variants) as schemas:
+        apps = {v: pgjobs.App(url, schema=schemas[v]) for v in variants}
+        tasks = {v: apps[v].task(name=TASK, queue=QUEUE)(_noop) for v in variants}
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(sql.SQL("INSERT INTO {} (worker_id) VALUES ('bench')")
+                          .format(sql.Identifier(schemas["pgjobs_waiting"],
+                                                 "waiting_fetchers")))
+            insert = {v: sql.SQL("INSERT INTO {} (queue, task, args) VALUES (%s, %s, %s::jsonb)"
+                                 ).format(sql.Identifier(schemas[v], "jobs")).as_string(admin)
+                      for v in ("tx_insert",)}
+            notify = sql.SQL("WITH i AS (INSERT INTO {} (queue, task, args) VALUES "
+                             "(%s, %s, %s::jsonb) RETURNING id) SELECT id, pg_notify(%s, %s) "
+                             "FROM i").format(sql.Identifier(schemas["insert_notify"], "jobs")
+                                              ).as_string(admin)
+        legacy_sql = apps["legacy"].sql.ENQUEUE_NOTIFY  # the statement before 0005
+        legacy_channel = apps["legacy"].sql.channel
+        channel = apps["insert_notify"].sql.channel
+
+        def one(variant: str) -> Callable[[Any, int], None]:
+            if variant == "tx_insert":
+                return lambda c, i: c.execute(insert["tx_insert"], (QUEUE, TASK, f'{{"i":{i}}}'))
+            if variant == "insert_notify":
+                return lambda c, i: c.execute(notify, (QUEUE, TASK, f'{{"i":{i}}}', channel, QUEUE))
+            if variant == "legacy":
+                return lambda c, i: c.execute(legacy_sql, {
+                    "queue": QUEUE, "task": TASK, "args": f'{{"i":{i}}}', "priority": 0,
+                    "max_attempts": 25, "unique_key": None, "trace": None,
+                    "channel": legacy_channel})
+            task = tasks[variant]
+            return lambda c, i: task.enqueue(c, i=i)
+
+        def run(variant: str, n: int) -> float:
+            return _threads(n_threads, n, lambda: psycopg.connect(url), one(variant))
+
+        for v in variants:  # warm-up
+            run(v, n_threads * 20)
+        rates: dict[str, list[float]] = {v: [] for v in variants}
+        for r in range(cfg.rounds):
+            k = r % len(variants)
+            for v in variants[k:] + variants[:k]:
+                rates[v].append(n_total / run(v, n_total))
+            print("  round {}: {}".format(r + 1, ", ".join(
+                f"{v} {rates[v][-1]:,.0f}/s" for v in variants)), flush=True)
+    med = {v: statistics.median(rates[v]) for v in variants}
+    common = {"connections": n_threads, "n": n_total, "rounds": cfg.rounds}
+    for v in variants:
+        report.add(f"enqueue.concurrent.{v}", med[v], "tx/s",
+                   per_round=[round(x, 1) for x in rates[v]], **common)
+    for v, target in (("pgjobs", 0.80), ("pgjobs_waiting", None), ("legacy", None),
+                      ("insert_notify", None)):
+        report.add(f"enqueue.concurrent.{v}_vs_tx_insert", med[v] / med["tx_insert"], "ratio",
+                   target_min=target,
+                   per_round=[round(a / b, 3) for a, b in zip(rates[v], rates["tx_insert"],
+                                                               strict=True)])
+
+
+def _noop(i: int) -> None:
+    return None
+
+
+class _schemas:
+    def __init__(self, fresh_schema: FreshSchema, url: str, labels: tuple[str, ...]) -> None:
+        self._cms = [fresh_schema(url, f"tp_{label}") for label in labels]
+        self._labels = labels
+
+    def __enter__(self) -> dict[str, str]:
+        return {label: cm.__enter__() for label, cm in zip(self._labels, self._cms, strict=True)}
+
+    def __exit__(self, *exc: object) -> None:
+        for cm in self._cms:
+            cm.__exit__(None, None, None)
+
+
+# --- drains by `pgjobs work` processes ----------------------------------------------------
+
+
+REFERENCE_LOOP = """
+import json, sys, psycopg
+from psycopg import sql
+url, schema = sys.argv[1], sys.argv[2]
+jobs = sql.Identifier(schema, "jobs")
+# One round trip per batch: the previous batch's DELETE and the next claim together.
+claim = sql.SQL(
+    "WITH acked AS (DELETE FROM {j} WHERE id = ANY(%s::bigint[])) "
+    "UPDATE {j} SET state = 'running', attempts = attempts + 1, "
+    "lease_token = gen_random_uuid(), lease_expires_at = now() + interval '60 s' "
+    "WHERE id = ANY(ARRAY(SELECT id FROM {j} WHERE state = 'pending' AND next_run_at <= now() "
+    "ORDER BY priority DESC, next_run_at, id LIMIT 100 FOR UPDATE SKIP LOCKED)) "
+    "RETURNING id, args::text").format(j=jobs)
+done = []
+with psycopg.connect(url, autocommit=True) as conn:
+    while True:
+        rows = conn.execute(claim, [done]).fetchall()
+        if not rows:
+            break
+        for _, args in rows:
+            json.loads(args)
+        done = [r[0] for r in rows]
+"""
+
+
+def _fill(url: str, schema: str, n: int) -> None:
+    app = pgjobs.App(url, schema=schema)
+    task = app.task(name=TASK, queue=QUEUE)(_noop)
+    with psycopg.connect(url) as conn:
+        for start in range(0, n, 10_000):
+            app.enqueue_many(conn, [task.job(i=i) for i in range(start, min(n, start + 10_000))])
+            conn.commit()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(schema, "jobs")))
+        try:
+            conn.execute("CHECKPOINT")
+        except psycopg.errors.InsufficientPrivilege:
+            pass
+
+
+def _time_drain(url: str, schema: str, n: int, procs: list[subprocess.Popen[bytes]],
+                timeout: float) -> tuple[float, bool]:
+    """Jobs/s from the first claimed job to an empty table (or the timeout)."""
+    jobs = sql.Identifier(schema, "jobs")
+    with psycopg.connect(url, autocommit=True) as mon:
+        started = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE state = 'running')"
+                          ).format(jobs)
+        empty = sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(jobs)
+        left = sql.SQL("SELECT count(*) FROM {}").format(jobs)
+        deadline = time.monotonic() + timeout
+        while not mon.execute(started).fetchone()[0]:  # type: ignore[index]
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError("the drain never started")
+            time.sleep(0.002)
+        t0 = perf()
+        while True:
+            time.sleep(0.01)
+            if mon.execute(empty).fetchone()[0]:  # type: ignore[index]
+                return n / (perf() - t0), True
+            if perf() - t0 > timeout:
+                remaining = mon.execute(left).fetchone()[0]  # type: ignore[index]
+                return (n - remaining) / (perf() - t0), False
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def process_drain(cfg: argparse.Namespace, fresh_schema: FreshSchema, n: int,
+                  processes: int, concurrency: int | None) -> tuple[float, bool]:
+    """One drain by `pgjobs work` (concurrency given) or the reference loop (None)."""
+    url = cfg.database_url
+    label = f"pd{processes}c{concurrency}" if concurrency else f"ref{processes}"
+    with fresh_schema(url, label) as schema:
+        _fill(url, schema, n)
+        env = {**os.environ, "PGJOBS_DATABASE_URL": url, "PGJOBS_SCHEMA": schema,
+               "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+        if concurrency is None:
+            cmds = [[sys.executable, "-c", REFERENCE_LOOP, url, schema]] * processes
+        else:
+            cmds = [[sys.executable, "-m", "pgjobs", "work", "bench_throughput:app",
+                     "--processes", str(processes), "--concurrency", str(concurrency),
+                     "--log-level", "warning"]]
+        procs = [subprocess.Popen(c, env=env, stdin=subprocess.DEVNULL) for c in cmds]
+        try:
+            return _time_drain(url, schema, n, procs, cfg.drain_timeout or 60)
+        finally:
+            _stop(procs)
+
+
+def bench_process_drains(cfg: argparse.Namespace, report: Any,
+                         fresh_schema: FreshSchema) -> None:
+    n = cfg.process_drain_n or (5000 if cfg.quick else 50_000)
+    counts = [int(x) for x in str(cfg.process_counts).split(",") if x.strip()]
+    concurrencies = [int(x) for x in str(cfg.process_concurrency).split(",") if x.strip()]
+    print(f"\n== drains by `pgjobs work --processes P`: {n:,} no-op jobs each, "
+          "beside a minimal psycopg claim/ack loop", flush=True)
+    for p in counts:
+        rate, complete = process_drain(cfg, fresh_schema, n, p, None)
+        print(f"  reference loop, {p} process(es): {rate:,.0f} jobs/s"
+              + ("" if complete else " (incomplete)"), flush=True)
+        report.add(f"drain.reference.p{p}", rate, "jobs/s", n=n, complete=complete,
+                   what="minimal psycopg claim-100/decode/DELETE loop per process")
+        for c in concurrencies:
+            rate, complete = process_drain(cfg, fresh_schema, n, p, c)
+            print(f"  pgjobs work --processes {p} --concurrency {c}: {rate:,.0f} jobs/s"
+                  + ("" if complete else " (incomplete)"), flush=True)
+            report.add(f"drain.process.p{p}.c{c}", rate, "jobs/s", target_min=20_000, n=n,
+                       complete=complete)
+
+
+def run(cfg: argparse.Namespace, report: Any, fresh_schema: FreshSchema) -> None:
+    """Both throughput benchmarks (``bench.py throughput``)."""
+    bench_concurrent_enqueue(cfg, report, fresh_schema)
+    bench_process_drains(cfg, report, fresh_schema)
+
+
+def _app() -> pgjobs.App:
+    application = pgjobs.App()
+    application.task(name=TASK, queue=QUEUE)(_noop)
+    return application
+
+
+def __getattr__(name: str) -> Any:
+    # `pgjobs work bench_throughput:app` imports this module: the App is built only then
+    # (it reads PGJOBS_DATABASE_URL / PGJOBS_SCHEMA from the environment).
+    if name == "app":
+        value = _app()
+        globals()["app"] = value
+        return value
+    raise AttributeError(name)
