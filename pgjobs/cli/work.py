@@ -120,7 +120,9 @@ def work(
     ctx: typer.Context,
     app: Annotated[str, typer.Argument(help="The App to serve, as module:attribute.")],
     concurrency: Annotated[int, typer.Option(
-        help="Executor threads: jobs run at once, never more.")] = DEFAULT_CONCURRENCY,
+        help="Jobs run at once, never more: sync handlers (one thread each) and "
+             "coroutine handlers (async def, on one event loop) together.")
+    ] = DEFAULT_CONCURRENCY,
     queues: Annotated[str | None, typer.Option(
         help="Comma-separated queues to serve (default: every queue).",
         show_default=False)] = None,
@@ -131,7 +133,10 @@ def work(
         help=f"Connections this worker may open in all. Default: concurrency + "
              f"{INTERNAL_CONNECTIONS} of pgjobs' own ({', '.join(CONNECTION_ROLES)}) + "
              f"{POOL_HEADROOM} headroom. Refuses to start if smaller than concurrency + "
-             f"{INTERNAL_CONNECTIONS} (+ {INTERNAL_CONNECTIONS - 1} with --poll-only).",
+             f"{INTERNAL_CONNECTIONS} (+ {INTERNAL_CONNECTIONS - 1} with --poll-only). "
+             "The rest is the handlers' budget, split in half between the sync pool "
+             "(connection()) and the async pool (aconnection()) when the App has both "
+             "kinds of handlers.",
         show_default=False)] = None,
     shutdown_timeout: Annotated[float, typer.Option(
         help="Seconds running jobs get to finish after SIGTERM before they are returned "
