@@ -26,7 +26,9 @@ app = pgjobs.App()
 logger = logging.getLogger(__name__)
 
 # Events are read and marked by the job, in the job's own transaction. The table comes from
-# the connection's search_path, like the receivers' (examples/webhook_events.py).
+# the connection's search_path, like the receivers' (examples/webhook_events.py). FOR UPDATE
+# holds the row across the POST: another attempt at the same event (a lease taken over from
+# a stalled worker) waits, then sees delivered_at, instead of POSTing at the same time.
 SELECT_EVENT = """
 SELECT payload, delivered_at FROM webhook_events
 WHERE source = %(source)s AND event_id = %(event_id)s
