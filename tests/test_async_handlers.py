@@ -256,3 +256,12 @@ def test_span_per_attempt_and_trace_context_inside_the_coroutine(pg_url, schema)
 
 async def _current_span() -> Any:
     return trace.get_current_span().get_span_context()
+
+
+def test_pool_too_small_for_both_kinds_of_handlers_is_refused(pg_url, schema):
+    # 5 own connections leave 1 for handlers: not enough for a sync and an async pool.
+    w = WorkerProcess(pg_url, schema, "--concurrency", "1", "--pool-size", "6", app=APP)
+    assert w.wait(60) == 2
+    errors = [line for line in w.lines if line.strip()]
+    assert len(errors) == 1, w.log  # one line, no traceback
+    assert "sync and coroutine handlers" in errors[0] and "--pool-size 7" in errors[0]

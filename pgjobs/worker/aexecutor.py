@@ -141,6 +141,7 @@ class CoroutineExecutor:
         self._loop_ident: int | None = None
         self._pump_scheduled = False
         self._disowned: list[asyncio.Task[None]] = []
+        self._finished: list[Result] = []  # outcomes of this loop iteration (loop thread)
         self._apool: Any = None
         self._apool_open: asyncio.Future[None] | None = None
         # Tasks a handler spawned (gather, create_task) -> its job: to name the job when
@@ -190,7 +191,7 @@ class CoroutineExecutor:
 
     def join(self, deadline: float) -> bool:
         """Wait until no coroutine job runs, or ``deadline`` (monotonic); True if none."""
-        while self._running:  # polled: a shutdown waits in tenths of a second anyway
+        while self._running or self._finished:  # polled: shutdown is not latency-bound
             left = deadline - self._clock.monotonic()
             if left <= 0:
                 return False
@@ -355,17 +356,27 @@ class CoroutineExecutor:
     def _finish(self, job: ClaimedJob, result: Result | None) -> None:
         with self._lock:
             attempt = self._running.pop(job.id, None)
-            # Jobs waiting for a slot: one pump after this loop iteration starts as many
-            # as slots freed meanwhile (a pump per finished job cost ~10% of the loop).
+        if attempt is None or result is None:
+            return  # disowned at shutdown: the runtime handed it back already
+        # Reported once per loop iteration, as a batch: the completer then writes them in
+        # one flush and the fetcher claims their slots in one claim (reported one by one,
+        # flushes and claims were twice as many, and the database on the same cores paid).
+        self._finished.append(result)
+        if len(self._finished) == 1:
+            self._loop.call_soon(self._report_finished)
+
+    def _report_finished(self) -> None:
+        done, self._finished = self._finished, []
+        self._capacity.release_many(len(done))
+        for result in done:
+            self._report(result)
+        # Jobs waiting for a slot start now, as many as slots freed (one pump per batch).
+        with self._lock:
             pump = bool(self._pending) and not self._pump_scheduled
             if pump:
                 self._pump_scheduled = True
-        if attempt is None or result is None:
-            return  # disowned at shutdown: the runtime handed it back already
-        self._capacity.release()
-        self._report(result)
         if pump:
-            self._loop.call_soon(self._pump)
+            self._pump()
 
     # --- connections -----------------------------------------------------------------------
 

@@ -61,10 +61,14 @@ class Capacity:
 
     def release(self) -> None:
         """A job's attempt ended (or it was disowned): its slot is free."""
+        self.release_many(1)
+
+    def release_many(self, count: int) -> None:
+        """``count`` attempts ended: their slots are free."""
         with self._lock:
-            self._used -= 1
+            self._used -= count
             if self._waiters:
-                self._cv.notify()
+                self._cv.notify(count)
         on_room = self.on_room
         if on_room is not None:
             on_room()

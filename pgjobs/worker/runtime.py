@@ -4,6 +4,8 @@ Services (each a thread; see docs/architecture.md for the picture):
 
 - ``fetcher``     claims due jobs into the buffer            (connection "fetch")
 - ``executors``   N handler threads + the deadline watchdog  (handlers borrow from the pool)
+- ``coroutines``  ``async def`` handlers on one event loop     (async pool, same budget;
+                  only when the App has coroutine tasks; --concurrency counts both kinds)
 - ``completer``   writes outcomes in batches                 (connection "complete")
 - ``heartbeat``   renews leases, then the ``workers`` row    (connection "heartbeat")
 - ``maintenance`` plugins: rescue, retention, listener ping  (connection "maintenance")
