@@ -232,7 +232,9 @@ def _time_drain(url: str, schema: str, n: int, procs: list[subprocess.Popen[byte
         left = sql.SQL("SELECT count(*) FROM {}").format(jobs)
         deadline = time.monotonic() + timeout
         while not mon.execute(started).fetchone()[0]:  # type: ignore[index]
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            if any(p.poll() is not None for p in procs):
+                raise DrainRefused(f"exit status {[p.poll() for p in procs]}")
+            if time.monotonic() > deadline:
                 raise RuntimeError("the drain never started")
             time.sleep(0.002)
         t0 = perf()
@@ -243,6 +245,10 @@ def _time_drain(url: str, schema: str, n: int, procs: list[subprocess.Popen[byte
             if perf() - t0 > timeout:
                 remaining = mon.execute(left).fetchone()[0]  # type: ignore[index]
                 return (n - remaining) / (perf() - t0), False
+
+
+class DrainRefused(Exception):
+    """`pgjobs work` exited before claiming (e.g. the connection budget check)."""
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -293,7 +299,14 @@ def bench_process_drains(cfg: argparse.Namespace, report: Any,
         report.add(f"drain.reference.p{p}", rate, "jobs/s", n=n, complete=complete,
                    what="minimal psycopg claim-100/decode/DELETE loop per process")
         for c in concurrencies:
-            rate, complete = process_drain(cfg, fresh_schema, n, p, c)
+            try:
+                rate, complete = process_drain(cfg, fresh_schema, n, p, c)
+            except DrainRefused as refused:  # its one-line error is on stderr above
+                print(f"  pgjobs work --processes {p} --concurrency {c}: refused ({refused})",
+                      flush=True)
+                report.note(f"drain.process.p{p}.c{c}: `pgjobs work` refused to start "
+                            f"({refused}; see its error above)")
+                continue
             print(f"  pgjobs work --processes {p} --concurrency {c}: {rate:,.0f} jobs/s"
                   + ("" if complete else " (incomplete)"), flush=True)
             report.add(f"drain.process.p{p}.c{c}", rate, "jobs/s", target_min=20_000, n=n,
