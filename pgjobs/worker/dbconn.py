@@ -82,9 +82,16 @@ class ResilientConnection:
         self._conn: psycopg.Connection[Any] | None = None
         self._failures = 0
         self._busy_since: float | None = None
+        self._renew = threading.Event()
 
     def connection(self) -> psycopg.Connection[Any]:
         """The live connection, (re)connecting if needed. Raises on failure."""
+        if self._renew.is_set():
+            self._renew.clear()
+            if self._conn is not None and not self._conn.closed:
+                log.info("%s connection: replacing it (another connection of this worker "
+                         "got no answer from the server)", self.name)
+                self.discard()
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(
                 self._url, autocommit=True,
@@ -145,6 +152,18 @@ class ResilientConnection:
         except (OSError, psycopg.Error):
             pass
         return True
+
+    def renew_when_idle(self) -> None:
+        """Called from another thread: the next call opens a fresh connection.
+
+        The stall watch calls this on a worker's other connections when one of them stopped
+        getting answers: they share the path to the server, and one idle now would find out
+        only by hanging just as long when it is next used (a black-holed peer answers
+        nothing, and keepalives are answered by whatever holds the TCP connection). The
+        owner thread replaces it between calls; a call already waiting is left to
+        :meth:`break_if_stalled`.
+        """
+        self._renew.set()
 
     def cancel_running(self) -> None:
         """Called from another thread: cancel the statement running now, if any."""

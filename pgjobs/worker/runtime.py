@@ -371,9 +371,15 @@ class Worker:
         limit = min(STALL_TIMEOUT, max(1.0, self.lease_timeout / 2))
         assert self.completer is not None and self.heartbeat is not None
         watched = (self._fetch_conn, self._complete_conn, self._heartbeat_conn)
+        siblings = (*watched, self._maintenance_conn)
         while self.heartbeat.thread.is_alive() or not self._stop_requested.is_set():
             for conn in watched:
-                conn.break_if_stalled(limit)
+                if conn.break_if_stalled(limit):
+                    # The others likely share the dead path: each reconnects before its
+                    # next statement instead of hanging `limit` seconds in turn.
+                    for other in siblings:
+                        if other is not conn:
+                            other.renew_when_idle()
             if self.stopped.wait(1.0):
                 return
 
