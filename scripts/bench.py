@@ -4,6 +4,7 @@ Run from the repository root::
 
     .venv/bin/python scripts/bench.py enqueue            # ~1 min
     .venv/bin/python scripts/bench.py work               # ~1-3 min
+    .venv/bin/python scripts/bench.py async-work         # coroutine handlers only, ~2 min
     .venv/bin/python scripts/bench.py all --json bench-$(date +%F).json
     .venv/bin/python scripts/bench.py all --quick        # smoke test, < 30 s
     .venv/bin/python scripts/bench.py work --drain-n 20000 --concurrency 50 --no-settle
@@ -88,6 +89,18 @@ thread, with ``install_signal_handlers=False``)
       one that passes ``min(--backlog-m, 90% of the backlog)``, from the completer's own
       flush callbacks (exact, no polling). The small case runs before and after the
       large one and is averaged. ``work.backlog.large_vs_small``: target >= 0.80.
+
+async-work (also run by ``work`` and ``all``): coroutine (``async def``) handlers, the
+worker in this process as above
+  ``work.async.noop_{sync,async}.c50``: jobs/s draining ``--async-noop-n`` (50,000) no-op
+      jobs, sync handlers vs coroutine handlers, run sync, async, async, sync (medians;
+      ``params.runs`` has both); ``work.async.noop.c50_vs_sync`` is their ratio (target
+      >= 0.80: a coroutine job within 20 % of a sync one).
+  ``work.async.sleep10ms.cN``: jobs/s of ``--async-sleep-n`` (50,000) coroutine jobs that
+      each ``await asyncio.sleep(0.01)``, at each ``--async-concurrency`` (50, 500);
+      target at 500: >= 8,000. ``..._vs_ideal`` is the fraction of N / 10 ms reached.
+  ``pgjobs.worker.aexecutor``'s loop is one thread: at 500 the GIL, not the sleeps, is the
+  bound (~45 µs of Python per job in the loop, asyncio's own ~25 µs of it).
 
 Before each timed run the jobs table is settled the same way for every variant
 (``VACUUM (ANALYZE)`` and a ``CHECKPOINT``), because a checkpoint or a vacuum landing
