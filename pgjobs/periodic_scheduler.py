@@ -148,6 +148,7 @@ class PeriodicScheduler:
         self.name = name
         self._stop = threading.Event()
         self._failures = 0
+        self._registered = False  # the thread registers first if start() could not
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     # --- service -------------------------------------------------------------------------
@@ -177,6 +178,7 @@ class PeriodicScheduler:
             conn = self._connection()
             gone = store.register(conn, self.app.sql, self.schedules.values(),
                                   self.clock.now())
+            self._registered = True
         finally:
             if not self.hold_connection:
                 self._close()
@@ -259,6 +261,8 @@ class PeriodicScheduler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                if not self._registered:
+                    self.register()
                 wait = self.run_once()
                 self._failures = 0
             except Exception as exc:  # keep scheduling: the next wake-up retries the tick
@@ -295,6 +299,10 @@ def start_for_worker(app: App, clock: Clock | WorkerClock | None = None
     An App without schedules gets no scheduler thread; the schedules a previous version
     registered are still marked inactive, best effort (a least-privilege worker role may
     not touch ``cron_schedules`` at all, and needs not when it schedules nothing).
+
+    A connection the server refuses right now (``too many clients``, a restart) does not
+    stop the worker: without schedules the clean-up waits for the next start, with them
+    the scheduler's thread registers them first, retrying with its backoff.
     """
     scheduler = PeriodicScheduler(app, clock=clock)
     if not app.schedules:
@@ -302,9 +310,16 @@ def start_for_worker(app: App, clock: Clock | WorkerClock | None = None
             scheduler.register()
         except psycopg.errors.InsufficientPrivilege:
             log.debug("periodic: no privilege on cron_schedules; nothing to schedule anyway")
+        except psycopg.OperationalError as exc:
+            log.info("periodic: could not mark old schedules inactive (%s); the next worker "
+                     "start will", _first_line(exc))
         return None
     try:
         scheduler.start()
+    except psycopg.OperationalError as exc:
+        log.warning("periodic: cannot register the schedules yet (%s); retrying",
+                    _first_line(exc))
+        scheduler.thread.start()
     except psycopg.errors.InsufficientPrivilege as exc:
         first = (str(exc).strip().splitlines() or ["permission denied"])[0]
         raise ConfigurationError(
@@ -312,3 +327,7 @@ def start_for_worker(app: App, clock: Clock | WorkerClock | None = None
             "needs SELECT, INSERT and UPDATE on cron_schedules and INSERT on jobs"
         ) from exc
     return scheduler
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
