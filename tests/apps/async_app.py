@@ -111,7 +111,7 @@ async def hold_conn(seconds: float) -> None:
                 _lent -= 1
 
 
-@app.task(name="a.too_slow", timeout=0.3, max_attempts=2, backoff=lambda attempt: 0.05)
+@app.task(name="a.too_slow", timeout=2.0, max_attempts=2, backoff=lambda attempt: 0.05)
 async def too_slow() -> None:
     await _record("start")
     await asyncio.sleep(60)
