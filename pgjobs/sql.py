@@ -298,7 +298,13 @@ WHERE state = 'pending'
 # `id = ANY(...)` steers each branch to primary-key lookups: with stale statistics the
 # planner otherwise scans every running job's lease index entry, three times. Successes leave the table; failures are rescheduled; permanent failures move
 # to dead_letters in the same statement, hence the same transaction.
-COMPLETE_BATCH = """
+# The completion statement is assembled from the pieces below into four variants (with or
+# without `kept`, with or without `retry_cancelled`): a flush of more than 32 outcomes is
+# planned at every execution (see store.py), and each branch costs planning time, so a
+# flush uses only the branches its outcomes need. A flush of plain successes (the drain
+# of tasks without result_ttl) runs the statement it ran before the job lifecycle, plus
+# the reason column and the finish notifications.
+_COMPLETE_SUCCEEDED = """
 WITH succeeded AS (
     DELETE FROM {schema}.jobs AS j
     USING unnest(%(ok_ids)s::bigint[], %(ok_tokens)s::uuid[]) AS d(id, token)
@@ -306,9 +312,10 @@ WITH succeeded AS (
       AND j.id = ANY(%(ok_ids)s::bigint[]) AND j.id = d.id
       AND j.state = 'running' AND j.lease_token = d.token
     RETURNING j.id, j.queue, j.task
-), kept AS (
-    -- Results of tasks with result_ttl, for the jobs actually deleted above (the
-    -- arrays are empty, and this branch skipped, for every other task).
+)"""
+
+# Results of tasks with result_ttl, for the jobs actually deleted above.
+_COMPLETE_KEPT = """, kept AS (
     INSERT INTO {schema}.job_results AS k
         (job_id, queue, task, args, attempts, max_attempts, result, created_at,
          finished_at, expires_at)
@@ -324,9 +331,12 @@ WITH succeeded AS (
     ON CONFLICT (job_id) DO UPDATE SET result = EXCLUDED.result,
         finished_at = EXCLUDED.finished_at, expires_at = EXCLUDED.expires_at
     RETURNING 1
-), retried AS (
-    -- A snooze (uncharged) gives back the attempt the claim charged. A job someone
-    -- asked to cancel is not retried: `retry_cancelled` below ends it.
+)"""
+
+# A snooze (uncharged) gives back the attempt the claim charged. A job someone asked to
+# cancel is not retried: `retry_cancelled` ends it (only in variants for flushes with
+# retries; without them both branches are empty).
+_COMPLETE_RETRIED = """, retried AS (
     UPDATE {schema}.jobs AS j
     SET state = 'pending',
         next_run_at = COALESCE(%(now)s::timestamptz, now()) + r.delay * interval '1 second',
@@ -341,7 +351,9 @@ WITH succeeded AS (
       AND j.state = 'running' AND j.lease_token = r.token
       AND j.cancel_requested_at IS NULL
     RETURNING j.id, j.queue, j.task, r.uncharged
-), retry_cancelled AS (
+)"""
+
+_COMPLETE_RETRY_CANCELLED = """, retry_cancelled AS (
     DELETE FROM {schema}.jobs AS j
     USING unnest(%(retry_ids)s::bigint[], %(retry_tokens)s::uuid[], %(retry_errors)s::text[])
           AS x(id, token, error)
@@ -352,7 +364,9 @@ WITH succeeded AS (
     RETURNING j.id, j.queue, j.task, j.args, j.priority, j.attempts, j.max_attempts,
               j.created_at, j.trace_context,
               'cancelled: ' || COALESCE(x.error, 'snoozed') AS error, 'cancelled' AS reason
-), dead AS (
+)"""
+
+_COMPLETE_DEAD = """, dead AS (
     DELETE FROM {schema}.jobs AS j
     USING unnest(%(dead_ids)s::bigint[], %(dead_tokens)s::uuid[], %(dead_errors)s::text[],
                  %(dead_reasons)s::text[])
@@ -368,14 +382,13 @@ WITH succeeded AS (
          created_at, failed_at, trace_context, reason)
     SELECT id, queue, task, args, priority, attempts, max_attempts, error,
            created_at, COALESCE(%(now)s::timestamptz, now()), trace_context, reason
-    FROM (SELECT * FROM dead UNION ALL SELECT * FROM retry_cancelled) AS ended
+    FROM (SELECT * FROM dead{also_ended}) AS ended
     RETURNING job_id, reason
 ), outcomes AS (
     SELECT id, queue, task, 1 AS ok, 0 AS retry, 0 AS failed FROM succeeded
     UNION ALL SELECT id, queue, task, 0, CASE WHEN uncharged THEN 0 ELSE 1 END, 0
               FROM retried
-    UNION ALL SELECT id, queue, task, 0, 0, 1 FROM dead
-    UNION ALL SELECT id, queue, task, 0, 0, 1 FROM retry_cancelled
+    UNION ALL SELECT id, queue, task, 0, 0, 1 FROM dead{also_outcomes}
 ), history AS (
     -- Per-minute counts for charts and `pgjobs stats`, from the rows actually written
     -- (a replayed flush counts nothing twice); sorted so concurrent flushes lock the
@@ -400,13 +413,10 @@ WITH succeeded AS (
         max_duration_seconds = greatest(h.max_duration_seconds, EXCLUDED.max_duration_seconds)
     RETURNING 1
 ), finished_notify AS (
-    -- app.wait_for: the ids of jobs that finished, on the schema's finish channel, 500
-    -- ids per notification (one or a few per flush, never one per job).
-    SELECT pg_notify(%(finished_channel)s, string_agg(f.id::text, ','))
-    FROM (SELECT id, (row_number() OVER ()) / 500 AS chunk
-          FROM (SELECT id FROM succeeded UNION ALL SELECT job_id FROM buried) AS done
-         ) AS f
-    GROUP BY f.chunk
+    -- app.wait_for: the ids of the jobs this flush finished, a few hundred per payload
+    -- (made by the store), so one or a few notifications per flush, never one per job.
+    SELECT pg_notify(%(finished_channel)s, p)
+    FROM unnest(%(finished_payloads)s::text[]) AS p
 )
 SELECT (SELECT count(*) FROM succeeded),
        (SELECT count(*) FROM retried WHERE NOT uncharged),
@@ -415,8 +425,28 @@ SELECT (SELECT count(*) FROM succeeded),
        (SELECT count(*) FROM retried WHERE uncharged),
        (SELECT count(*) FROM buried WHERE reason = 'cancelled'),
        (SELECT count(*) FROM finished_notify),
-       (SELECT count(*) FROM kept)
+       {kept_count}
 """
+
+
+def _complete_batch(kept: bool, retries: bool) -> str:
+    """One variant of the completion statement (constant texts only; no value)."""
+    return (_COMPLETE_SUCCEEDED  # noqa: S608 (constant texts; no value is formatted in)
+            + (_COMPLETE_KEPT if kept else "") + _COMPLETE_RETRIED
+            + (_COMPLETE_RETRY_CANCELLED if retries else "")
+            + _COMPLETE_DEAD.replace(
+                "{also_ended}", " UNION ALL SELECT * FROM retry_cancelled" if retries else ""
+            ).replace(
+                "{also_outcomes}",
+                "\n    UNION ALL SELECT id, queue, task, 0, 0, 1 FROM retry_cancelled"
+                if retries else ""
+            ).replace("{kept_count}", "(SELECT count(*) FROM kept)" if kept else "0"))
+
+
+COMPLETE_BATCH = _complete_batch(kept=True, retries=True)
+COMPLETE_BATCH_NO_RESULTS = _complete_batch(kept=False, retries=True)
+COMPLETE_BATCH_NO_RETRIES = _complete_batch(kept=True, retries=False)
+COMPLETE_BATCH_PLAIN = _complete_batch(kept=False, retries=False)
 
 # Shutdown: hand unfinished jobs back without charging the attempt they were on.
 RELEASE_JOBS = """

@@ -49,6 +49,22 @@ def array_literal(values: Iterable[int | float | str]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
+#: Finished job ids per finish notification (NOTIFY payloads stop at 8,000 bytes).
+FINISHED_IDS_PER_PAYLOAD = 400
+
+# The completion statement's variant for (any kept results, any retries or snoozes).
+_COMPLETE_VARIANTS = {
+    (True, True): S.COMPLETE_BATCH, (False, True): S.COMPLETE_BATCH_NO_RESULTS,
+    (True, False): S.COMPLETE_BATCH_NO_RETRIES, (False, False): S.COMPLETE_BATCH_PLAIN,
+}
+
+
+def finished_payloads(ids: Sequence[int]) -> list[str]:
+    """Comma-separated job ids, a few hundred per NOTIFY payload (``app.wait_for``)."""
+    step = FINISHED_IDS_PER_PAYLOAD
+    return [",".join(map(str, ids[i:i + step])) for i in range(0, len(ids), step)]
+
+
 # --- rows ---------------------------------------------------------------------------------
 
 
@@ -302,6 +318,8 @@ class JobStore:
             "all_ids": array_literal(i for i, _ in durations),
             "all_durations": array_literal(d for _, d in durations),
             "finished_channel": self.sql.finished_channel,
+            "finished_payloads": finished_payloads(
+                [j.id for j in succeeded] + [j.id for j, _, _ in ended]),
             # Tasks with result_ttl only: empty arrays (and a skipped branch) otherwise.
             "res_ids": array_literal(r.job.id for r in results),
             "res_values": [r.value for r in results],
@@ -314,7 +332,8 @@ class JobStore:
         }
         total = len(succeeded) + len(retries) + len(ended)
         prepare = self.prepare and total <= PREPARED_FLUSH_MAX
-        row = conn.execute(self._q(S.COMPLETE_BATCH), params, prepare=prepare).fetchone()
+        statement = _COMPLETE_VARIANTS[bool(results), bool(retries)]
+        row = conn.execute(self._q(statement), params, prepare=prepare).fetchone()
         assert row is not None
         return Written(int(row[0]), int(row[1]), int(row[2]), int(row[4]), int(row[5]))
 

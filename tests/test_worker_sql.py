@@ -103,7 +103,8 @@ def _complete(q, ok=(), retry=(), dead=(), now=None):
         all_ids=[], all_durations=[],
         # job lifecycle (0004): no snoozes, failures only, no kept results
         retry_uncharged=[False] * len(retry), dead_reasons=["failed"] * len(dead),
-        finished_channel="test_finished", res_ids=[], res_values=[], res_ttls=[],
+        finished_channel="test_finished", finished_payloads=[], res_ids=[], res_values=[],
+        res_ttls=[],
         res_args=[], res_attempts=[], res_max_attempts=[], res_created=[],
     )[0][:3]
 

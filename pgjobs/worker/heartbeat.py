@@ -59,7 +59,10 @@ class Heartbeat(ThreadService):
                     waited = 0.0
                     self.beat()
                 else:
+                    started = self._clock.monotonic()
                     self.poll_cancels()
+                    # a slow read must not push the next renewal back
+                    waited += self._clock.monotonic() - started
             except Exception:
                 log.exception("heartbeat: unexpected error; trying again")
 
