@@ -108,6 +108,8 @@ def test_cancel_running_sync_handler(app, conn, db, schema, pg_url, tables, poll
         info = app.get_job(job)
         assert info.state == "cancelled" and info.finished_at is not None
         assert phases(db, schema, job) == ["start"]
+        wait_until(lambda: f"job {job} (cooperative) cancelled on attempt 1/3" in w.log, 10,
+                   message="the worker logged the cancellation")
     finally:
         stop(w)
 

@@ -35,6 +35,14 @@ class OutcomeLog:
     def record(self, results: Iterable[Result]) -> None:
         """Log the retries and dead letters among outcomes just written."""
         for r in results:
+            if r.outcome is Outcome.CANCELLED:
+                # Never a flood: only jobs a worker holds can end cancelled here.
+                job = r.job
+                log.info("job %d (%s) cancelled on attempt %d/%d: %s", job.id, job.task,
+                         job.attempt, job.max_attempts, first_line(r.error),
+                         extra={"job_id": job.id, "task": job.task, "queue": job.queue,
+                                "attempt": job.attempt, "error": first_line(r.error)})
+                continue
             if r.outcome is not Outcome.RETRY and r.outcome is not Outcome.DEAD:
                 continue
             now = self._clock.monotonic()
