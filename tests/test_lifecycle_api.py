@@ -372,3 +372,22 @@ def test_completion_statement_snooze_gives_the_attempt_back_and_never_retries_a_
     assert app.get_job(snoozed.id).state == "scheduled"
     gone = app.get_job(cancelled.id)
     assert gone.state == "cancelled" and gone.error == "cancelled: boom"
+
+
+def test_cancel_of_a_running_job_rolled_back_requests_nothing(app, conn, db, schema,
+                                                             pg_url):
+    t = _define(app)
+    job = t["plain"].enqueue(conn)
+    conn.commit()
+    JobStore(app.sql).claim(db, limit=1, lease_seconds=30, worker_id="w", queues=None,
+                            now=None)
+    with psycopg.connect(pg_url, autocommit=True) as listener:
+        listener.execute(app.sql.listen)
+        assert app.cancel(conn, job) == "cancelling"
+        conn.rollback()
+        assert list(listener.notifies(timeout=0.5)) == []  # nobody was told
+        assert count(db, schema, "jobs", "cancel_requested_at IS NOT NULL") == 0
+        assert app.cancel(conn, job) == "cancelling"
+        conn.commit()
+        notes = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+        assert notes == [f"pgjobs:cancel:{job}"]
