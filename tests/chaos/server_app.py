@@ -769,7 +769,7 @@ def run_connection_exhaustion(url: str, schema: str, duration: float = 10.0, *,
                               free_slots: int = 2, max_hold: int = 150,
                               squeeze_seconds: float | None = None) -> dict[str, Any]:
     """Hold connections until ``free_slots`` remain, start a worker (concurrency 4: it
-    needs 3 connections of its own plus its handlers'), keep every slot it does not get
+    needs internal_connections() of its own plus its handlers'), keep every slot it does not get
     taken for ``squeeze_seconds``, release; read the books.
 
     Raises ``ScenarioSkipped`` if that would take more than ``max_hold`` connections.
