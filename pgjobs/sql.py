@@ -314,20 +314,26 @@ WITH succeeded AS (
     RETURNING j.id, j.queue, j.task
 )"""
 
-# Results of tasks with result_ttl, for the jobs actually deleted above.
+# Results of tasks with result_ttl, for the jobs actually deleted above, and for jobs
+# whose handler completed them in its own committed transaction (current_job().complete:
+# gone from `jobs` before this statement began).
 _COMPLETE_KEPT = """, kept AS (
     INSERT INTO {schema}.job_results AS k
         (job_id, queue, task, args, attempts, max_attempts, result, created_at,
          finished_at, expires_at)
-    SELECT s.id, s.queue, s.task, r.args::jsonb, r.attempts, r.max_attempts, r.value::jsonb,
+    SELECT r.id, r.queue, r.task, r.args::jsonb, r.attempts, r.max_attempts, r.value::jsonb,
            r.created_at, COALESCE(%(now)s::timestamptz, now()),
            COALESCE(%(now)s::timestamptz, now()) + r.ttl * interval '1 second'
     FROM unnest(%(res_ids)s::bigint[], %(res_values)s::text[], %(res_ttls)s::float8[],
                 %(res_args)s::text[], %(res_attempts)s::int[], %(res_max_attempts)s::int[],
-                %(res_created)s::timestamptz[])
-         AS r(id, value, ttl, args, attempts, max_attempts, created_at)
-    JOIN succeeded AS s ON s.id = r.id
+                %(res_created)s::timestamptz[], %(res_queues)s::text[], %(res_tasks)s::text[],
+                %(res_self_completed)s::bool[])
+         AS r(id, value, ttl, args, attempts, max_attempts, created_at, queue, task,
+              self_completed)
     WHERE cardinality(%(res_ids)s::bigint[]) > 0
+      AND (r.id IN (SELECT id FROM succeeded)
+           OR (r.self_completed
+               AND NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j WHERE j.id = r.id)))
     ON CONFLICT (job_id) DO UPDATE SET result = EXCLUDED.result,
         finished_at = EXCLUDED.finished_at, expires_at = EXCLUDED.expires_at
     RETURNING 1

@@ -112,6 +112,7 @@ class KeptResult:
     job: ClaimedJob
     value: str  # JSON text
     ttl: float
+    self_completed: bool = False  # its handler called current_job().complete(conn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +330,10 @@ class JobStore:
             "res_attempts": array_literal(r.job.attempt for r in results),
             "res_max_attempts": array_literal(r.job.max_attempts for r in results),
             "res_created": [r.job.created_at for r in results],
+            "res_queues": [r.job.queue for r in results],
+            "res_tasks": [r.job.task for r in results],
+            "res_self_completed": array_literal("t" if r.self_completed else "f"
+                                                for r in results),
         }
         total = len(succeeded) + len(retries) + len(ended)
         prepare = self.prepare and total <= PREPARED_FLUSH_MAX

@@ -391,3 +391,23 @@ def test_cancel_of_a_running_job_rolled_back_requests_nothing(app, conn, db, sch
         conn.commit()
         notes = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
         assert notes == [f"pgjobs:cancel:{job}"]
+
+
+def test_result_kept_for_a_job_its_handler_completed(app, conn, db, schema, running):
+    """result_ttl and transactional completion together: the handler's transaction
+    deleted the job, the worker's flush still keeps the return value."""
+
+    @app.task(name="completes_itself", result_ttl=600)
+    def completes_itself(n: int) -> dict[str, int]:
+        job = pgjobs.current_job()
+        with job.connection() as c, c.transaction():
+            job.complete(c)
+        return {"n": n}
+
+    job = completes_itself.enqueue(conn, n=3)
+    conn.commit()
+    w = running(app)
+    wait_until(lambda: w.stats.succeeded == 1, 30, message="outcome written")
+    info = app.get_job(job)
+    assert info is not None and (info.state, info.result) == ("succeeded", {"n": 3})
+    assert info.queue == "default" and info.task == "completes_itself"

@@ -105,7 +105,8 @@ def _complete(q, ok=(), retry=(), dead=(), now=None):
         retry_uncharged=[False] * len(retry), dead_reasons=["failed"] * len(dead),
         finished_channel="test_finished", finished_payloads=[], res_ids=[], res_values=[],
         res_ttls=[],
-        res_args=[], res_attempts=[], res_max_attempts=[], res_created=[],
+        res_args=[], res_attempts=[], res_max_attempts=[], res_created=[], res_queues=[],
+        res_tasks=[], res_self_completed=[],
     )[0][:3]
 
 

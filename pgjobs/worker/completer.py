@@ -159,7 +159,8 @@ class Completer(ThreadService):
             if r.outcome is Outcome.SUCCEEDED:
                 succeeded.append(r.job)
                 if r.result is not None and r.result_ttl:
-                    results.append(KeptResult(r.job, r.result, r.result_ttl))
+                    results.append(KeptResult(r.job, r.result, r.result_ttl,
+                                              self._in_hand.self_completed(r.job.id)))
             elif r.outcome is Outcome.RETRY:
                 retried.append((r.job, r.delay, storable(r.error or "failed")))
             elif r.outcome is Outcome.SNOOZED:
