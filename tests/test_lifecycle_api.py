@@ -224,6 +224,7 @@ def test_outcome_metrics_and_spans_count_cancelled_and_snoozed(pg_url, schema, c
 
     napping = t["napper"].enqueue(conn, times=2)
     victim = stoppable.enqueue(conn)
+    app.set_queue_paused(conn, "idle", True)
     conn.commit()
     running(app, concurrency=2)
     assert started.wait(30)
@@ -246,6 +247,12 @@ def test_outcome_metrics_and_spans_count_cancelled_and_snoozed(pg_url, schema, c
 
     seen = wait_until(lambda: (o := outcomes()).get("snoozed") == 2 and o, 30)
     assert seen.get("cancelled") == 1
+    data = reader.get_metrics_data()
+    paused = {p.attributes["queue"]: p.value
+              for rm in data.resource_metrics for sm in rm.scope_metrics
+              for metric in sm.metrics if metric.name == "pgjobs.queue.paused"
+              for p in metric.data.data_points}
+    assert paused.get("idle") == 1 and paused.get("default") == 0, paused
     recorded = [s.attributes.get("pgjobs.outcome") for s in spans.get_finished_spans()]
     assert "cancelled" in recorded and "snoozed" in recorded, recorded
 
