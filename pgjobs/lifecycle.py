@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -63,15 +62,19 @@ def _job_id(job_id: Any) -> int:
 # --- transactional completion -----------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Lease:
     """What ``current_job().complete(conn)`` needs: the job, its lease token, and whom
-    to tell that the handler completed it (so its row vanishing is not a lost lease)."""
+    to tell that the handler completed it (so its row vanishing is not a lost lease).
+    A plain slotted class: one is made for every job an executor starts."""
 
-    job_id: int
-    token: str
-    sql: Statements
-    on_completed: Callable[[], None]
+    __slots__ = ("job_id", "on_completed", "sql", "token")
+
+    def __init__(self, job_id: int, token: str, sql: Statements,
+                 on_completed: Callable[[], None]) -> None:
+        self.job_id = job_id
+        self.token = token
+        self.sql = sql
+        self.on_completed = on_completed
 
     def complete(self, conn: Any) -> None:
         if not JobStore(self.sql).complete_in_transaction(raw_connection(conn), self.job_id,

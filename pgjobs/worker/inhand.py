@@ -26,10 +26,13 @@ class InHand:
 
     def remove(self, ids: Iterable[int]) -> None:
         with self._lock:
+            tokens, flags, completed = self._tokens, self._flags, self._self_completed
             for job_id in ids:
-                self._tokens.pop(job_id, None)
-                self._flags.pop(job_id, None)
-                self._self_completed.discard(job_id)
+                tokens.pop(job_id, None)
+                if flags:
+                    flags.pop(job_id, None)
+                if completed:
+                    completed.discard(job_id)
 
     def snapshot(self) -> tuple[list[int], list[str]]:
         with self._lock:
@@ -74,5 +77,6 @@ class InHand:
                 self._self_completed.add(job_id)
 
     def self_completed(self, job_id: int) -> bool:
-        with self._lock:
-            return job_id in self._self_completed
+        # Read without the lock: a set membership test is atomic, and the set is
+        # almost always empty (the completer asks for every success).
+        return bool(self._self_completed) and job_id in self._self_completed
