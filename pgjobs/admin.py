@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from . import sql as S
 from .connection import raw_connection
 from .sql import Statements
 from .store import JobStore
@@ -20,7 +21,7 @@ def set_queue_limit(conn: Any, sql: Statements, queue: str, limit: int | None) -
     if limit is not None and (isinstance(limit, bool) or limit < 0):
         raise ValueError(f"a queue limit must be an integer >= 0, got {limit!r}")
     pgconn = raw_connection(conn)
-    pgconn.execute(sql.SET_QUEUE_LIMIT, {"queue": queue, "limit": limit})
+    pgconn.execute(sql.of(S.SET_QUEUE_LIMIT), {"queue": queue, "limit": limit})
 
 
 def set_queue_paused(conn: Any, sql: Statements, queue: str, paused: bool) -> None:
@@ -92,12 +93,12 @@ def requeue_dead_letters(
     """
     pgconn = raw_connection(conn)
     rows = pgconn.execute(
-        sql.REQUEUE_DEAD_LETTERS, {"ids": ids, "task": task, "queue": queue}
+        sql.of(S.REQUEUE_DEAD_LETTERS), {"ids": ids, "task": task, "queue": queue}
     ).fetchall()
     pairs = [(int(r[0]), int(r[1])) for r in rows]
     if pairs:
         pgconn.execute(
-            sql.NOTIFY_JOB_QUEUES, {"channel": sql.channel, "ids": [p[1] for p in pairs]}
+            sql.of(S.NOTIFY_JOB_QUEUES), {"channel": sql.channel, "ids": [p[1] for p in pairs]}
         )
     return pairs
 
@@ -108,7 +109,7 @@ def purge_dead_letters(
 ) -> int:
     """Delete dead letters (older than ``older_than`` seconds, if given); returns the count."""
     cur = raw_connection(conn).execute(
-        sql.PURGE_DEAD_LETTERS, {"older_than": older_than, "queue": queue, "task": task}
+        sql.of(S.PURGE_DEAD_LETTERS), {"older_than": older_than, "queue": queue, "task": task}
     )
     return cur.rowcount
 
@@ -119,6 +120,6 @@ def count_dead_letters(
 ) -> int:
     """How many dead letters :func:`purge_dead_letters` would delete."""
     row = raw_connection(conn).execute(
-        sql.COUNT_DEAD_LETTERS, {"older_than": older_than, "queue": queue, "task": task}
+        sql.of(S.COUNT_DEAD_LETTERS), {"older_than": older_than, "queue": queue, "task": task}
     ).fetchone()
     return int(row[0]) if row else 0

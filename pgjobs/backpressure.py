@@ -30,6 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from . import sql as S
 from .errors import QueueFull
 from .plan import Execute, Plan, Wait
 from .sql import Statements
@@ -124,7 +125,7 @@ class PendingLimits:
             try:
                 started = time.monotonic()
                 rows = yield Execute(
-                    self._statements.PENDING_LIMIT_AND_COUNT,
+                    self._statements.of(S.PENDING_LIMIT_AND_COUNT),
                     {"queue": queue, "default_limit": self._default_limit},
                 )
                 reading = _Reading(limit=rows[0][0], counted=rows[0][1] or 0, read_at=started)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from . import sql as S
 from .plan import Execute, Plan
 from .sql import Statements
 from .task import validate_queue
@@ -22,8 +23,9 @@ def queue_depths(statements: Statements, queues: Iterable[str] | None,
     if isinstance(queues, str):
         raise TypeError(f"queues must be a list of queue names, got the string {queues!r}")
     if queues is None:
-        rows = yield Execute(statements.QUEUE_DEPTHS_ALL, {"at_most": at_most})
+        rows = yield Execute(statements.of(S.QUEUE_DEPTHS_ALL), {"at_most": at_most})
     else:
         wanted = sorted({validate_queue(q) for q in queues})
-        rows = yield Execute(statements.QUEUE_DEPTHS_OF, {"queues": wanted, "at_most": at_most})
+        rows = yield Execute(statements.of(S.QUEUE_DEPTHS_OF),
+                             {"queues": wanted, "at_most": at_most})
     return {queue: int(count) for queue, count in rows}

@@ -16,6 +16,7 @@ from typing import Any
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 
+from . import sql as S
 from .backpressure import PendingLimits, Reservation
 from .connection import async_raw_connection, raw_connection
 from .errors import QueueFull, SchemaMissingError
@@ -103,7 +104,7 @@ class Enqueuer:
     def _holder(self, unique_key: str | None) -> Plan[int | None]:
         if unique_key is None:
             return None
-        rows = yield Execute(self._sql.JOB_ID_BY_UNIQUE_KEY, {"unique_key": unique_key})
+        rows = yield Execute(self._sql.of(S.JOB_ID_BY_UNIQUE_KEY), {"unique_key": unique_key})
         return int(rows[0][0]) if rows else None
 
     def _insert_one(self, spec: JobSpec, carrier: dict[str, str] | None,
@@ -116,11 +117,11 @@ class Enqueuer:
         }
         if spec.delay > 0:
             params["delay"] = spec.delay
-            statement = self._sql.ENQUEUE_DELAYED
+            statement = self._sql.of(S.ENQUEUE_DELAYED)
         else:
             params["channel"] = self._sql.channel
             params["wake_key"] = self._sql.wake_key
-            statement = self._sql.ENQUEUE_WAKE
+            statement = self._sql.of(S.ENQUEUE_WAKE)
         for _ in range(_UNIQUE_ROUNDS):
             rows = yield Execute(statement, params)
             if rows:
@@ -148,7 +149,7 @@ class Enqueuer:
                     self._instruments.rejections.add(full.requested, {"queue": full.queue})
                     raise
                 # Keys held by live jobs add nothing: ask again for the jobs that would.
-                rows = yield Execute(self._sql.JOB_IDS_BY_UNIQUE_KEYS, {"unique_keys": keys})
+                rows = yield Execute(self._sql.of(S.JOB_IDS_BY_UNIQUE_KEYS), {"unique_keys": keys})
                 try:
                     reservations = yield from self._reserve_all(
                         _new_jobs_per_queue(jobs, {key for key, _ in rows}))
@@ -187,7 +188,8 @@ class Enqueuer:
                      ) -> Plan[tuple[list[int], list[int]]]:
         """Returns one id per job, and the indexes of the jobs actually inserted."""
         rows = yield Execute(
-            self._sql.RESERVE_JOB_IDS, {"jobs_table": self._sql.jobs_table, "count": len(jobs)}
+            self._sql.of(S.RESERVE_JOB_IDS),
+            {"jobs_table": self._sql.jobs_table, "count": len(jobs)},
         )
         server_now: dt.datetime = rows[0][0]
         ids: list[int] = rows[0][1]
@@ -195,12 +197,12 @@ class Enqueuer:
         if any(job.unique_key is not None for job in jobs):
             result, inserted = yield from self._insert_unique(jobs, ids, server_now, trace)
         else:
-            yield Copy(self._sql.COPY_JOBS, _COPY_TYPES,
+            yield Copy(self._sql.of(S.COPY_JOBS), _COPY_TYPES,
                        _copy_rows(jobs, ids, server_now, trace))
             result, inserted = list(ids), list(range(len(jobs)))
         due = sorted({jobs[i].queue for i in inserted if jobs[i].delay <= 0})
         if due:
-            yield Execute(self._sql.WAKE_QUEUES, {"channel": self._sql.channel, "queues": due,
+            yield Execute(self._sql.of(S.WAKE_QUEUES), {"channel": self._sql.channel, "queues": due,
                                                   "wake_key": self._sql.wake_key})
         return result, inserted
 
@@ -218,7 +220,7 @@ class Enqueuer:
         todo = list(range(len(jobs)))
         for _ in range(_UNIQUE_ROUNDS):
             batch = [jobs[i] for i in todo]
-            rows = yield Execute(self._sql.ENQUEUE_MANY_UNIQUE, {
+            rows = yield Execute(self._sql.of(S.ENQUEUE_MANY_UNIQUE), {
                 "ids": [ids[i] for i in todo],
                 "queues": [j.queue for j in batch],
                 "tasks": [j.task for j in batch],
@@ -243,7 +245,7 @@ class Enqueuer:
             holders: dict[str, int] = {}
             if keys:
                 holders = dict((yield Execute(
-                    self._sql.JOB_IDS_BY_UNIQUE_KEYS, {"unique_keys": keys})))
+                    self._sql.of(S.JOB_IDS_BY_UNIQUE_KEYS), {"unique_keys": keys})))
             todo = []
             for i in conflicted:
                 holder = holders.get(jobs[i].unique_key or "")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from . import cron as cronlib
+from . import sql as S
 from .errors import ConfigurationError
 from .periodic import Schedule
 from .sql import Statements
@@ -48,7 +49,7 @@ class TickResult:
 def server_now(conn: psycopg.Connection[Any], sql: Statements,
                now: dt.datetime | None = None) -> dt.datetime:
     """The database's clock (or ``now`` when a test injects one)."""
-    row = conn.execute(sql.PERIODIC_NOW, {"now": now}).fetchone()
+    row = conn.execute(sql.of(S.PERIODIC_NOW), {"now": now}).fetchone()
     assert row is not None
     value: dt.datetime = row[0]
     return value
@@ -62,7 +63,7 @@ def register(conn: psycopg.Connection[Any], sql: Statements, schedules: Iterable
     with conn.transaction():
         current = server_now(conn, sql, now)
         for schedule in ordered:
-            conn.execute(sql.PERIODIC_REGISTER, {
+            conn.execute(sql.of(S.PERIODIC_REGISTER), {
                 "name": schedule.name, "cron": schedule.expression,
                 "timezone": schedule.timezone, "args": schedule.args_json,
                 "task": schedule.task, "queue": schedule.queue,
@@ -70,7 +71,7 @@ def register(conn: psycopg.Connection[Any], sql: Statements, schedules: Iterable
                 "max_delay": schedule.max_delay,
                 "next_tick": schedule.cron.next_after(current), "now": now,
             })
-        rows = conn.execute(sql.PERIODIC_DEACTIVATE_OTHERS, {
+        rows = conn.execute(sql.of(S.PERIODIC_DEACTIVATE_OTHERS), {
             "names": [s.name for s in ordered], "now": now,
         }).fetchall()
     return sorted(r[0] for r in rows)
@@ -90,7 +91,7 @@ def decide_tick(conn: psycopg.Connection[Any], sql: Statements, schedule: Schedu
     late = (now - tick).total_seconds()
     outcome = MISSED if late > schedule.max_delay else ENQUEUED
     with conn.transaction():
-        claimed = conn.execute(sql.PERIODIC_CLAIM_TICK, {
+        claimed = conn.execute(sql.of(S.PERIODIC_CLAIM_TICK), {
             "name": schedule.name, "tick": tick, "outcome": outcome,
             "next_tick": schedule.cron.next_after(now), "now": now,
         }).fetchone()
@@ -99,7 +100,7 @@ def decide_tick(conn: psycopg.Connection[Any], sql: Statements, schedule: Schedu
         task, queue, args_json, priority, max_attempts = claimed
         if outcome == MISSED:
             return TickResult(schedule.name, tick, MISSED, lag=late, queue=queue)
-        row = conn.execute(sql.PERIODIC_ENQUEUE_TICK, {
+        row = conn.execute(sql.of(S.PERIODIC_ENQUEUE_TICK), {
             "name": schedule.name, "tick": tick, "task": task, "queue": queue,
             "args": args_json, "priority": priority, "max_attempts": max_attempts,
             "default_limit": default_limit, "channel": sql.channel,
@@ -120,7 +121,7 @@ def list_schedules(conn: psycopg.Connection[Any], sql: Statements,
     (``None`` for inactive schedules: no worker defines them any more)."""
     current = server_now(conn, sql, now)
     result = []
-    for row in conn.execute(sql.PERIODIC_LIST).fetchall():
+    for row in conn.execute(sql.of(S.PERIODIC_LIST)).fetchall():
         (name, expression, timezone, args, task, queue, priority, max_attempts,
          max_delay, active, last_tick, last_outcome, last_job_id, enqueued, skipped,
          missed, registered_at) = row
@@ -150,7 +151,7 @@ def run_now(conn: psycopg.Connection[Any], app: App, name: str) -> int:
     :class:`ConfigurationError` for an unknown schedule and :class:`pgjobs.QueueFull`
     when its queue is at its pending limit.
     """
-    row = conn.execute(app.sql.PERIODIC_GET, {"name": name}).fetchone()
+    row = conn.execute(app.sql.of(S.PERIODIC_GET), {"name": name}).fetchone()
     if row is None:
         raise ConfigurationError(
             f"no periodic schedule named {name!r}: see `pgjobs periodic list` (schedules are "

@@ -1118,10 +1118,10 @@ class Statements:
 
     schema: str
 
-    def __getattr__(self, name: str) -> sql.Composed:
-        template = globals().get(name)
-        if not isinstance(template, str) or not name.isupper():
-            raise AttributeError(name)
+    def of(self, template: str) -> sql.Composed:
+        """One of the constants above, passed by reference (``app.sql.of(sql.QUEUE_STATS)``,
+        so a misspelt name is a type error, not a runtime ``AttributeError``), composed for
+        this schema (cached)."""
         return _compose(self.schema, template)
 
     @property

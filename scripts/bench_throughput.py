@@ -38,6 +38,7 @@ import psycopg
 from psycopg import sql
 
 import pgjobs
+import pgjobs.sql as pgsql
 
 HERE = Path(__file__).resolve().parent
 QUEUE = "bench"
@@ -119,7 +120,7 @@ def bench_concurrent_enqueue(cfg: argparse.Namespace, report: Any,
                              "(%s, %s, %s::jsonb) RETURNING id) SELECT id, pg_notify(%s, %s) "
                              "FROM i").format(sql.Identifier(schemas["insert_notify"], "jobs")
                                               ).as_string(admin)
-        legacy_sql = apps["legacy"].sql.ENQUEUE_NOTIFY  # the statement before 0005
+        legacy_sql = apps["legacy"].sql.of(pgsql.ENQUEUE_NOTIFY)  # the statement before 0005
         legacy_channel = apps["legacy"].sql.channel
         channel = apps["insert_notify"].sql.channel
 

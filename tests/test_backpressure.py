@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 import pgjobs
+import pgjobs.sql as pgsql
 
 from .conftest import ROOT, cli_env, count, run_cli
 
@@ -61,7 +62,7 @@ def test_limit_counts_scheduled_but_not_running_jobs(pg_url, schema, conn, db):
     with pytest.raises(pgjobs.QueueFull):
         work.enqueue(conn, n=3)
     # A claimed (running) job no longer counts against the limit.
-    db.execute(app.sql.CLAIM_ANY_QUEUE,
+    db.execute(app.sql.of(pgsql.CLAIM_ANY_QUEUE),
                {"now": None, "limit": 1, "lease_seconds": 30, "worker_id": "t"})
     work.enqueue(conn, n=4)
     conn.commit()

@@ -473,10 +473,10 @@ def test_a_count_that_would_read_too_much_is_left_unknown(client, db, schema, mo
     with psycopg.connect(pg_url, autocommit=True) as conn:
         statements = pgsql.statements(schema)
         needle = queries.Filters(search="needle-that-is-nowhere")
-        assert queries.count_matching(conn, statements, "DASHBOARD_JOBS_COUNT", needle,
+        assert queries.count_matching(conn, statements, pgsql.DASHBOARD_JOBS_COUNT, needle,
                                       1000) == queries.Bounded(None)
         monkeypatch.setattr(queries, "COUNT_TIMEOUT_MS", 60_000)
-        assert queries.count_matching(conn, statements, "DASHBOARD_JOBS_COUNT", needle,
+        assert queries.count_matching(conn, statements, pgsql.DASHBOARD_JOBS_COUNT, needle,
                                       1000) == queries.Bounded(0)
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 import pgjobs
+import pgjobs.sql as pgsql
 from pgjobs import admin, migrate
 
 from .conftest import count
@@ -377,7 +378,7 @@ def test_enqueue_many_one_id_per_job_when_a_key_holder_finishes_meanwhile(app, p
     with RaceConnection.connect(pg_url) as conn:
         # The batch's insert conflicts with the holder; the holder finishes (leaves jobs)
         # before the look-up of the key's live job.
-        conn.statement = app.sql.JOB_IDS_BY_UNIQUE_KEYS
+        conn.statement = app.sql.of(pgsql.JOB_IDS_BY_UNIQUE_KEYS)
         conn.race = lambda: _delete_job(db, schema, holder)
         ids = app.enqueue_many(conn, [
             deliver.job(event_id="plain", body={}),
@@ -413,7 +414,7 @@ def test_unique_key_reinsert_notifies_traces_and_counts_like_the_first_insert(pg
         listener.execute(app.sql.listen)
         # Insert conflicts with the holder, which finishes before the look-up: the job
         # is inserted again.
-        conn.statement = app.sql.JOB_ID_BY_UNIQUE_KEY
+        conn.statement = app.sql.of(pgsql.JOB_ID_BY_UNIQUE_KEY)
         conn.race = lambda: _delete_job(db, schema, holder)
         job_id = deliver.options(unique_key="k").enqueue(conn, event_id="again", body={})
         assert conn.race is None
@@ -445,7 +446,7 @@ def test_queue_depths_counts_pending_jobs_per_queue(app, conn, db, schema, pg_ur
     assert app.queue_depths(conn) == {"webhooks": 5, "default": 1, "ran": 1}  # own tx
     conn.commit()
     # A claimed (running) job is not pending.
-    db.execute(app.sql.CLAIM_QUEUES,
+    db.execute(app.sql.of(pgsql.CLAIM_QUEUES),
                {"now": None, "limit": 1, "lease_seconds": 30, "worker_id": "t", "queues": ["ran"]})
     assert app.queue_depths(conn) == {"webhooks": 5, "default": 1}
     assert app.queue_depths(conn, ["webhooks", "ran", "none"]) == {
@@ -492,8 +493,8 @@ def test_queue_depths_reads_the_queue_index_not_the_table(pg_url):
             assert app.queue_depths(db) == {
                 "backlog": 5000, "q0": 10, "q1": 10, "q2": 10, "q3": 10}
             for statement, params in (
-                    (app.sql.QUEUE_DEPTHS_ALL, {"at_most": None}),
-                    (app.sql.QUEUE_DEPTHS_OF, {"at_most": None, "queues": ["q1"]})):
+                    (app.sql.of(pgsql.QUEUE_DEPTHS_ALL), {"at_most": None}),
+                    (app.sql.of(pgsql.QUEUE_DEPTHS_OF), {"at_most": None, "queues": ["q1"]})):
                 row = db.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + statement,
                                  params).fetchone()
                 assert row is not None

@@ -18,6 +18,7 @@ from opentelemetry.trace import SpanKind
 from psycopg import sql
 
 import pgjobs
+import pgjobs.sql as pgsql
 from pgjobs import admin
 
 from .conftest import cli_env, count, run_cli
@@ -274,12 +275,12 @@ def test_retention_prunes_history_and_old_dead_letters_only(pg_url, schema, db, 
         "created_at, failed_at) VALUES (1, 'q', 't', '{{}}', 1, 1, 'old', now(), "
         "now() - interval '40 days'), (2, 'q', 't', '{{}}', 1, 1, 'new', now(), now())"
     ).format(h=sql.Identifier(schema, "job_history"), d=sql.Identifier(schema, "dead_letters")))
-    row = db.execute(app.sql.PRUNE_HISTORY, {"history_seconds": 7 * 86400.0,
+    row = db.execute(app.sql.of(pgsql.PRUNE_HISTORY), {"history_seconds": 7 * 86400.0,
                                              "dead_letter_seconds": 30 * 86400.0}).fetchone()
     assert row == (1, 1, 0)
     assert count(db, schema, "job_history") == 1
     assert count(db, schema, "dead_letters", "error = 'new'") == 1
-    row = db.execute(app.sql.PRUNE_HISTORY, {"history_seconds": None,
+    row = db.execute(app.sql.of(pgsql.PRUNE_HISTORY), {"history_seconds": None,
                                              "dead_letter_seconds": None}).fetchone()
     assert row == (0, 0, 0)  # None keeps everything
 

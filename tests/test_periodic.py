@@ -12,6 +12,7 @@ import pytest
 from psycopg import sql
 
 import pgjobs
+import pgjobs.sql as pgsql
 from pgjobs import cron as cronlib
 from pgjobs import periodic_store as store
 from pgjobs.periodic_scheduler import PeriodicScheduler, start_for_worker
@@ -240,7 +241,7 @@ def test_a_peer_killed_inside_its_tick_transaction_loses_no_tick(pg_url, schema,
     schedule = app.schedules["every-minute"]
     now = tick_at + dt.timedelta(seconds=1)
     victim = psycopg.connect(pg_url)
-    victim.execute(app.sql.PERIODIC_CLAIM_TICK, {
+    victim.execute(app.sql.of(pgsql.PERIODIC_CLAIM_TICK), {
         "name": schedule.name, "tick": tick_at, "outcome": "enqueued", "next_tick": None,
         "now": now})  # holds the row lock, never commits
     results: list[store.TickResult] = []

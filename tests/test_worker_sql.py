@@ -10,17 +10,18 @@ import pytest
 from psycopg import sql
 
 import pgjobs.admin
+import pgjobs.sql as pgsql
 
 from .conftest import count
 
 
 @pytest.fixture
 def q(app, db):
-    """Run a named statement of the App's schema."""
+    """Run one of :mod:`pgjobs.sql`'s constants (by reference) in the App's schema."""
 
-    def run(name: str, **params):
+    def run(statement: str, **params):
         params.setdefault("now", None)
-        return db.execute(getattr(app.sql, name), params).fetchall()
+        return db.execute(app.sql.of(statement), params).fetchall()
 
     return run
 
@@ -35,8 +36,8 @@ def _task(app):
 def _claim(q, limit=10, now=None, lease=30.0, queues=None):
     params = dict(limit=limit, lease_seconds=lease, worker_id="w1", now=now)
     if queues is None:
-        return q("CLAIM_ANY_QUEUE", **params)
-    return q("CLAIM_QUEUES", queues=queues, **params)
+        return q(pgsql.CLAIM_ANY_QUEUE, **params)
+    return q(pgsql.CLAIM_QUEUES, queues=queues, **params)
 
 
 def test_claim_orders_by_priority_then_due_time_then_id(app, conn, q):
@@ -85,8 +86,8 @@ def test_skip_locked_two_claimers_never_share_a_job(app, conn, pg_url):
     conn.commit()
     with psycopg.connect(pg_url) as a, psycopg.connect(pg_url) as b:
         params = dict(limit=30, lease_seconds=30, worker_id="w", now=None)
-        got_a = {r[0] for r in a.execute(app.sql.CLAIM_ANY_QUEUE, params).fetchall()}
-        got_b = {r[0] for r in b.execute(app.sql.CLAIM_ANY_QUEUE, params).fetchall()}
+        got_a = {r[0] for r in a.execute(app.sql.of(pgsql.CLAIM_ANY_QUEUE), params).fetchall()}
+        got_b = {r[0] for r in b.execute(app.sql.of(pgsql.CLAIM_ANY_QUEUE), params).fetchall()}
         a.commit()
         b.commit()
     assert len(got_a) == 30 and len(got_b) == 20 and not got_a & got_b
@@ -94,7 +95,7 @@ def test_skip_locked_two_claimers_never_share_a_job(app, conn, pg_url):
 
 def _complete(q, ok=(), retry=(), dead=(), now=None):
     return q(
-        "COMPLETE_BATCH", now=now,
+        pgsql.COMPLETE_BATCH, now=now,
         ok_ids=[i for i, _ in ok], ok_tokens=[tok for _, tok in ok],
         retry_ids=[i for i, _, _ in retry], retry_tokens=[tok for _, tok, _ in retry],
         retry_delays=[d for _, _, d in retry], retry_errors=["boom"] * len(retry),
@@ -138,13 +139,13 @@ def test_late_write_after_lost_lease_changes_nothing(app, conn, q, db, schema):
     conn.commit()
     ((job_id, token_a),) = [(r[0], r[9]) for r in _claim(q, lease=10)]
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=11)
-    assert q("RESCUE_EXPIRED", now=later, limit=100) == [("rescued", job_id, "default", "t")]
+    assert q(pgsql.RESCUE_EXPIRED, now=later, limit=100) == [("rescued", job_id, "default", "t")]
     ((_, token_b),) = [(r[0], r[9]) for r in _claim(q, now=later)]
     assert token_b != token_a
     # The first worker wakes up and reports success: nothing happens.
     assert _complete(q, ok=[(job_id, token_a)]) == (0, 0, 0)
-    assert q("HEARTBEAT", ids=[job_id], tokens=[token_a], lease_seconds=30) == []
-    assert q("RELEASE_JOBS", ids=[job_id], tokens=[token_a]) == []
+    assert q(pgsql.HEARTBEAT, ids=[job_id], tokens=[token_a], lease_seconds=30) == []
+    assert q(pgsql.RELEASE_JOBS, ids=[job_id], tokens=[token_a]) == []
     row = db.execute(sql.SQL("SELECT state, attempts, lease_token FROM {}").format(
         sql.Identifier(schema, "jobs"))).fetchone()
     assert row == ("running", 2, uuid.UUID(token_b))  # the claim returns tokens as text
@@ -156,9 +157,9 @@ def test_rescue_buries_jobs_out_of_attempts(app, conn, q, db, schema):
     t.options(max_attempts=1).enqueue(conn)
     conn.commit()
     _claim(q, lease=5)
-    assert q("RESCUE_EXPIRED", limit=100) == []  # lease still valid
+    assert q(pgsql.RESCUE_EXPIRED, limit=100) == []  # lease still valid
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=6)
-    (row,) = q("RESCUE_EXPIRED", now=later, limit=100)
+    (row,) = q(pgsql.RESCUE_EXPIRED, now=later, limit=100)
     assert row[0] == "dead"
     error = db.execute(sql.SQL("SELECT error FROM {}").format(
         sql.Identifier(schema, "dead_letters"))).fetchone()
@@ -170,9 +171,9 @@ def test_heartbeat_extends_the_lease(app, conn, q, db, schema):
     t.enqueue(conn)
     conn.commit()
     ((job_id, token),) = [(r[0], r[9]) for r in _claim(q, lease=5)]
-    assert q("HEARTBEAT", ids=[job_id], tokens=[token], lease_seconds=60) == [(job_id,)]
+    assert q(pgsql.HEARTBEAT, ids=[job_id], tokens=[token], lease_seconds=60) == [(job_id,)]
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
-    assert q("RESCUE_EXPIRED", now=later, limit=100) == []
+    assert q(pgsql.RESCUE_EXPIRED, now=later, limit=100) == []
 
 
 def test_release_returns_the_attempt(app, conn, q, db, schema):
@@ -180,7 +181,7 @@ def test_release_returns_the_attempt(app, conn, q, db, schema):
     t.enqueue(conn)
     conn.commit()
     ((job_id, token),) = [(r[0], r[9]) for r in _claim(q)]
-    assert q("RELEASE_JOBS", ids=[job_id], tokens=[token]) == [(job_id,)]
+    assert q(pgsql.RELEASE_JOBS, ids=[job_id], tokens=[token]) == [(job_id,)]
     row = db.execute(sql.SQL("SELECT state, attempts FROM {}").format(
         sql.Identifier(schema, "jobs"))).fetchone()
     assert row == ("pending", 0)

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from .. import sql as S
 from ..errors import SchemaMissingError
 from .common import SETTINGS, connect, fail
 
@@ -55,7 +56,7 @@ def dashboard(
     # Before binding: a bad URL or an unmigrated schema is one line, not a page of errors.
     with connect(autocommit=True) as conn:
         statements = SETTINGS.sql()
-        row = conn.execute(statements.SCHEMA_EXISTS,
+        row = conn.execute(statements.of(S.SCHEMA_EXISTS),
                            {"jobs_table": statements.jobs_table}).fetchone()
         if not (row and row[0]):
             raise SchemaMissingError(statements.schema)

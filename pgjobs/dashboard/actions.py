@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 
 from .. import admin, lifecycle, periodic_store
+from .. import sql as S
 from ..app import App
 from ..sql import Statements
 
@@ -60,8 +61,9 @@ class Target:
 
     name: str
     id_type: type
-    #: Statement (in :mod:`pgjobs.sql`) returning the next batch of matching ids, ordered,
-    #: after ``%(after)s``; None when "all matching" does not apply.
+    #: Statement template (a :mod:`pgjobs.sql` constant, by reference) returning the next
+    #: batch of matching ids, ordered, after ``%(after)s``; None when "all matching" does
+    #: not apply.
     matching_statement: str | None
     first_after: Any = 0
 
@@ -126,7 +128,7 @@ def run_on_matching(conn: psycopg.Connection[Any], sql: Statements, action: Acti
     target = TARGETS[action.target]
     if target.matching_statement is None:
         raise ValueError(f"{action.target} has no 'all matching' selection")
-    statement = getattr(sql, target.matching_statement)
+    statement = sql.of(target.matching_statement)
     # Module settings are read per call, so tests (and embedders) can change them.
     batch_size = batch_size or BATCH_SIZE
     time_budget = TIME_BUDGET_SECONDS if time_budget is None else time_budget
@@ -155,10 +157,10 @@ def run_on_matching(conn: psycopg.Connection[Any], sql: Statements, action: Acti
 
 def retry_now(conn: psycopg.Connection[Any], sql: Statements, ids: list[int]) -> int:
     """Make scheduled or retrying pending jobs due now, and wake their queues' workers."""
-    rows = conn.execute(sql.DASHBOARD_RETRY_NOW, {"ids": ids}).fetchall()
+    rows = conn.execute(sql.of(S.DASHBOARD_RETRY_NOW), {"ids": ids}).fetchall()
     queues = sorted({r[1] for r in rows})
     if queues:
-        conn.execute(sql.NOTIFY_QUEUES, {"channel": sql.channel, "queues": queues})
+        conn.execute(sql.of(S.NOTIFY_QUEUES), {"channel": sql.channel, "queues": queues})
     return len(rows)
 
 
@@ -200,12 +202,12 @@ def resume(conn: psycopg.Connection[Any], sql: Statements, names: list[str]) -> 
 
 def purge(conn: psycopg.Connection[Any], sql: Statements, ids: list[int]) -> int:
     """Delete dead letters."""
-    return conn.execute(sql.DASHBOARD_PURGE_DEAD_LETTERS, {"ids": ids}).rowcount
+    return conn.execute(sql.of(S.DASHBOARD_PURGE_DEAD_LETTERS), {"ids": ids}).rowcount
 
 
-JOBS = register_target(Target("jobs", int, "DASHBOARD_JOB_IDS_MATCHING"))
+JOBS = register_target(Target("jobs", int, S.DASHBOARD_JOB_IDS_MATCHING))
 DEAD_LETTERS = register_target(
-    Target("dead-letters", int, "DASHBOARD_DEAD_LETTER_IDS_MATCHING"))
+    Target("dead-letters", int, S.DASHBOARD_DEAD_LETTER_IDS_MATCHING))
 # Queue actions (pause/resume) take queue names; there is no "all matching".
 QUEUES = register_target(Target("queues", str, None, first_after=""))
 PERIODIC = register_target(Target("periodic", str, None, first_after=""))

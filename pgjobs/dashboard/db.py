@@ -16,6 +16,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
+from .. import sql as S
 from ..sql import Statements, statements
 
 T = TypeVar("T")
@@ -41,7 +42,7 @@ class Database:
         conn.prepare_threshold = None
         # Defence in depth: a read-only dashboard refuses actions before any SQL, and its
         # sessions could not write even if one slipped through.
-        conn.execute(self.sql.DASHBOARD_SESSION_SETUP, {
+        conn.execute(self.sql.of(S.DASHBOARD_SESSION_SETUP), {
             "statement_timeout_ms": STATEMENT_TIMEOUT_MS,
             "read_only": "on" if self.read_only else "off",
         })

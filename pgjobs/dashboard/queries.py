@@ -15,6 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from .. import admin, periodic_store
+from .. import sql as S
 from ..jobinfo import JobInfo
 from ..sql import Statements
 from ..store import JobStore
@@ -118,14 +119,14 @@ def queues_overview(conn: psycopg.Connection[Any], sql: Statements,
                     cap: int | None = None) -> dict[str, Any]:
     """The queues page: one :class:`QueueRow` per known queue, with a last-hour chart."""
     cap = COUNT_CAP if cap is None else cap
-    now_row = conn.execute(sql.DASHBOARD_NOW).fetchone()
+    now_row = conn.execute(sql.of(S.DASHBOARD_NOW)).fetchone()
     assert now_row is not None
     now: dt.datetime = now_row[0]
-    names = [r[0] for r in conn.execute(sql.DASHBOARD_QUEUE_NAMES,
+    names = [r[0] for r in conn.execute(sql.of(S.DASHBOARD_QUEUE_NAMES),
                                         {"max_queues": MAX_QUEUES}).fetchall()]
     rows = {name: QueueRow(name) for name in names}
     for queue, depth, due, scheduled, first in conn.execute(
-        sql.DASHBOARD_PENDING_BY_QUEUE,
+        sql.of(S.DASHBOARD_PENDING_BY_QUEUE),
         {"queues": names, "cap": cap, "max_priorities": MAX_PRIORITIES},
     ).fetchall():
         row = rows[queue]
@@ -135,29 +136,29 @@ def queues_overview(conn: psycopg.Connection[Any], sql: Statements,
         row.scheduled = Bounded(min(scheduled, cap), scheduled >= cap or more)
         if first is not None and first <= now and due:
             row.oldest_pending_age = (now - first).total_seconds()
-    for queue, running in conn.execute(sql.DASHBOARD_RUNNING_BY_QUEUE).fetchall():
+    for queue, running in conn.execute(sql.of(S.DASHBOARD_RUNNING_BY_QUEUE)).fetchall():
         if queue in rows:
             rows[queue].running = int(running)
-    for queue, dead in conn.execute(sql.DASHBOARD_DEAD_BY_QUEUE,
+    for queue, dead in conn.execute(sql.of(S.DASHBOARD_DEAD_BY_QUEUE),
                                     {"queues": names, "cap": cap}).fetchall():
         rows[queue].dead = Bounded.capped(int(dead), cap)
     for row in rows.values():
         if row.pending.at_least or row.scheduled.at_least:
-            row.backlog_estimate = _estimate(conn, sql.DASHBOARD_ESTIMATE_PENDING, row.name)
+            row.backlog_estimate = _estimate(conn, sql.of(S.DASHBOARD_ESTIMATE_PENDING), row.name)
         if row.dead.at_least:
-            estimate = _estimate(conn, sql.DASHBOARD_ESTIMATE_DEAD, row.name)
+            estimate = _estimate(conn, sql.of(S.DASHBOARD_ESTIMATE_DEAD), row.name)
             if estimate is not None and estimate > cap:
                 row.dead = Bounded(estimate, estimate=True)
     for row in rows.values():
         row.paused = False
-    for queue, limit, paused in conn.execute(sql.DASHBOARD_QUEUE_LIMITS,
+    for queue, limit, paused in conn.execute(sql.of(S.DASHBOARD_QUEUE_LIMITS),
                                              {"queues": names}).fetchall():
         rows[queue].limit = limit
         rows[queue].paused = bool(paused)
     minutes = [_minute(now) - dt.timedelta(minutes=59 - i) for i in range(60)]
     per_queue: dict[str, dict[dt.datetime, tuple[int, int]]] = {}
     for queue, minute, succeeded, retried, dead in conn.execute(
-        sql.DASHBOARD_THROUGHPUT
+        sql.of(S.DASHBOARD_THROUGHPUT)
     ).fetchall():
         per_queue.setdefault(queue, {})[minute] = (int(succeeded), int(retried) + int(dead))
     for row in rows.values():
@@ -242,14 +243,14 @@ def _page(conn: psycopg.Connection[Any], sql: Statements, *, rows_statement: str
     cap = LIST_COUNT_CAP if cap is None else cap
     params = {**filters.params(), "before": before, "window": window, "limit": limit + 1}
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(getattr(sql, rows_statement), params).fetchall()
+        rows = cur.execute(sql.of(rows_statement), params).fetchall()
     older: int | None = None
     searched_to: int | None = None
     if len(rows) > limit:
         rows = rows[:limit]
         older = int(rows[-1]["id"])
     elif filters.active:
-        end = conn.execute(getattr(sql, window_statement),
+        end = conn.execute(sql.of(window_statement),
                            {"before": before, "window": window}).fetchone()
         if end is not None and end[0] is not None and int(end[1]) >= window:
             older = searched_to = int(end[0])
@@ -263,11 +264,12 @@ def _page(conn: psycopg.Connection[Any], sql: Statements, *, rows_statement: str
 
 def count_matching(conn: psycopg.Connection[Any], sql: Statements, statement: str,
                    filters: Filters, cap: int) -> Bounded:
-    """Rows matching ``filters``, counted up to ``cap`` and for at most a moment."""
+    """Rows matching ``filters`` (``statement``: a :mod:`pgjobs.sql` counting constant, e.g.
+    ``sql.DASHBOARD_JOBS_COUNT``), counted up to ``cap`` and for at most a moment."""
     try:
         with conn.transaction():
-            conn.execute(sql.DASHBOARD_LOCAL_TIMEOUT, {"milliseconds": COUNT_TIMEOUT_MS})
-            row = conn.execute(getattr(sql, statement), {**filters.params(), "cap": cap}
+            conn.execute(sql.of(S.DASHBOARD_LOCAL_TIMEOUT), {"milliseconds": COUNT_TIMEOUT_MS})
+            row = conn.execute(sql.of(statement), {**filters.params(), "cap": cap}
                                ).fetchone()
     except psycopg.errors.QueryCanceled:
         return Bounded(None)
@@ -278,9 +280,9 @@ def jobs_page(conn: psycopg.Connection[Any], sql: Statements, filters: Filters,
               before: int | None = None, *, limit: int | None = None,
               window: int | None = None, cap: int | None = None) -> Page:
     """Live jobs, newest first, ``limit`` per page after the ``before`` cursor."""
-    page = _page(conn, sql, rows_statement="DASHBOARD_JOBS_OLDER",
-                 window_statement="DASHBOARD_JOBS_WINDOW_END",
-                 count_statement="DASHBOARD_JOBS_COUNT", filters=filters, before=before,
+    page = _page(conn, sql, rows_statement=S.DASHBOARD_JOBS_OLDER,
+                 window_statement=S.DASHBOARD_JOBS_WINDOW_END,
+                 count_statement=S.DASHBOARD_JOBS_COUNT, filters=filters, before=before,
                  limit=limit, window=window, cap=cap)
     for row in page.rows:
         row["display_state"] = display_state(row)
@@ -291,9 +293,9 @@ def dead_letters_page(conn: psycopg.Connection[Any], sql: Statements, filters: F
                       before: int | None = None, *, limit: int | None = None,
                       window: int | None = None, cap: int | None = None) -> Page:
     """Dead letters, newest first (filters: queue, task, search in error and args)."""
-    return _page(conn, sql, rows_statement="DASHBOARD_DEAD_LETTERS_OLDER",
-                 window_statement="DASHBOARD_DEAD_LETTERS_WINDOW_END",
-                 count_statement="DASHBOARD_DEAD_LETTERS_COUNT", filters=filters,
+    return _page(conn, sql, rows_statement=S.DASHBOARD_DEAD_LETTERS_OLDER,
+                 window_statement=S.DASHBOARD_DEAD_LETTERS_WINDOW_END,
+                 count_statement=S.DASHBOARD_DEAD_LETTERS_COUNT, filters=filters,
                  before=before, limit=limit, window=window, cap=cap)
 
 
@@ -310,7 +312,7 @@ def display_state(row: dict[str, Any]) -> str:
 def job(conn: psycopg.Connection[Any], sql: Statements, job_id: int) -> dict[str, Any] | None:
     """One live job (pending, scheduled or running), or None once it has left ``jobs``."""
     with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(sql.DASHBOARD_JOB, {"id": job_id}).fetchone()
+        row = cur.execute(sql.of(S.DASHBOARD_JOB), {"id": job_id}).fetchone()
     if row is not None:
         row["display_state"] = display_state(row)
     return row
@@ -327,7 +329,7 @@ def dead_letter(conn: psycopg.Connection[Any], sql: Statements,
                 dead_letter_id: int) -> dict[str, Any] | None:
     """One dead letter by ``dead_letters.id``."""
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(sql.DASHBOARD_DEAD_LETTER, {"id": dead_letter_id}).fetchone()
+        return cur.execute(sql.of(S.DASHBOARD_DEAD_LETTER), {"id": dead_letter_id}).fetchone()
 
 
 def periodic_schedules(conn: psycopg.Connection[Any],

@@ -24,6 +24,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 import pgjobs
+import pgjobs.sql as pgsql
 from pgjobs import admin, migrate
 from pgjobs.roles import PRIVILEGES, RoleNames, grant_roles, render_sql
 
@@ -292,9 +293,9 @@ def test_app_user_can_enqueue_and_do_nothing_else(roles, db, schema, pg_url):
     store = store_support.store(app)
     with roles.connect("app") as conn:
         # …and nothing of the worker's: claim, renew, complete, rescue.
-        _denied(conn, app.sql.CLAIM_ANY_QUEUE, claim)
-        _denied(conn, app.sql.CLAIM_QUEUES, {**claim, "queues": ["default"]})
-        _denied(conn, app.sql.HEARTBEAT, dict(now=None, ids=[1], tokens=[uuid.uuid4()],
+        _denied(conn, app.sql.of(pgsql.CLAIM_ANY_QUEUE), claim)
+        _denied(conn, app.sql.of(pgsql.CLAIM_QUEUES), {**claim, "queues": ["default"]})
+        _denied(conn, app.sql.of(pgsql.HEARTBEAT), dict(now=None, ids=[1], tokens=[uuid.uuid4()],
                                               lease_seconds=30))
         for call in (lambda: store.renew_leases(conn, [running.id], [running.token],
                                                 lease_seconds=30, now=None),
@@ -315,7 +316,7 @@ def test_app_user_can_enqueue_and_do_nothing_else(roles, db, schema, pg_url):
         _denied(conn, _on(schema, "SELECT * FROM {s}.queue_stats"))
         _denied(conn, _on(schema, "INSERT INTO {s}.jobs (task, state, attempts, lease_token) "
                                   "VALUES ('t', 'running', 1, gen_random_uuid())"))
-        _denied(conn, app.sql.SET_QUEUE_LIMIT, {"queue": "default", "limit": None})
+        _denied(conn, app.sql.of(pgsql.SET_QUEUE_LIMIT), {"queue": "default", "limit": None})
         _denied(conn, _on(schema, "TRUNCATE {s}.jobs"))
         _denied(conn, _on(schema, "DROP TABLE {s}.jobs"))
         _denied(conn, _on(schema, "CREATE TABLE {s}.evil (x int)"))
@@ -414,7 +415,8 @@ def test_worker_user_stays_in_its_lane(roles, db, conn, schema):
     _bury(db, app, 1)
     with roles.connect("worker") as conn:
         # What retention and the metrics gauges run, even with retention switched off.
-        conn.execute(app.sql.PRUNE_HISTORY, dict(history_seconds=None, dead_letter_seconds=None))
+        conn.execute(app.sql.of(pgsql.PRUNE_HISTORY),
+                     dict(history_seconds=None, dead_letter_seconds=None))
         assert admin.queue_stats(conn, app.sql)[0]["dead"] == 1
         assert migrate.current_revision(conn, schema) == migrate.head_revision()
         conn.commit()
@@ -423,8 +425,8 @@ def test_worker_user_stays_in_its_lane(roles, db, conn, schema):
         _denied(conn, _on(schema, "UPDATE {s}.dead_letters SET error = 'x'"))
         _denied(conn, _on(schema, "UPDATE {s}.jobs SET args = '{{}}', task = 'other'"))
         _denied(conn, _on(schema, "INSERT INTO {s}.jobs (task) VALUES ('x')"))
-        _denied(conn, app.sql.SET_QUEUE_LIMIT, {"queue": "default", "limit": 1})
-        _denied(conn, app.sql.SET_QUEUE_PAUSED, {"queue": "default", "paused": True,
+        _denied(conn, app.sql.of(pgsql.SET_QUEUE_LIMIT), {"queue": "default", "limit": 1})
+        _denied(conn, app.sql.of(pgsql.SET_QUEUE_PAUSED), {"queue": "default", "paused": True,
                                                  "channel": app.sql.channel})
         _denied(conn, _on(schema, "UPDATE {s}.jobs SET cancel_requested_at = now()"))
         _denied(conn, _on(schema, "SELECT * FROM {s}.worker_status"))
@@ -495,8 +497,8 @@ def test_operator_user_inspects_requeues_and_sets_limits(roles, db, schema):
     with roles.connect("operator") as conn:
         # Cancelling needs DELETE on jobs (so a success, which only deletes the row, is not
         # checked here), but the worker's other writes stay the worker's.
-        _denied(conn, app.sql.CLAIM_ANY_QUEUE, claim)
-        _denied(conn, app.sql.RESCUE_EXPIRED, dict(now=dt.datetime.now(dt.UTC), limit=10))
+        _denied(conn, app.sql.of(pgsql.CLAIM_ANY_QUEUE), claim)
+        _denied(conn, app.sql.of(pgsql.RESCUE_EXPIRED), dict(now=dt.datetime.now(dt.UTC), limit=10))
         _denied_flush(conn, app, running, kinds=("retry", "dead"))
         _denied(conn, _on(schema, "UPDATE {s}.jobs SET state = 'pending', lease_token = NULL"))
         _denied(conn, _on(schema, "UPDATE {s}.jobs SET priority = 1"))
@@ -550,7 +552,7 @@ def test_viewer_user_reads_everything_and_changes_nothing(roles, db, schema):
 
     app = pgjobs.App(roles.urls["viewer"], schema=schema)
     with roles.connect("viewer") as conn:
-        _denied(conn, app.sql.CLAIM_ANY_QUEUE, dict(now=None, limit=10, lease_seconds=30,
+        _denied(conn, app.sql.of(pgsql.CLAIM_ANY_QUEUE), dict(now=None, limit=10, lease_seconds=30,
                                                     worker_id="viewer"))
         _denied_flush(conn, app, running)
         _denied(conn, _on(schema, "DELETE FROM {s}.jobs"))

@@ -30,6 +30,7 @@ from hypothesis.stateful import (
 from psycopg import sql
 
 import pgjobs
+import pgjobs.sql as pgsql
 from pgjobs import admin
 
 from ..conftest import count
@@ -110,8 +111,9 @@ class JobsMachine(RuleBasedStateMachine):
 
     # --- helpers -------------------------------------------------------------------------
 
-    def _run(self, name: str, **params: Any) -> list[tuple[Any, ...]]:
-        return self.db.execute(getattr(self.app.sql, name), params).fetchall()
+    def _run(self, statement: str, **params: Any) -> list[tuple[Any, ...]]:
+        """Run one of :mod:`pgjobs.sql`'s constants (by reference) in the App's schema."""
+        return self.db.execute(self.app.sql.of(statement), params).fetchall()
 
     def _read_next_run_at(self, ids: list[int]) -> dict[int, dt.datetime]:
         rows = self.db.execute(sql.SQL("SELECT id, next_run_at FROM {} WHERE id = ANY(%s)")
@@ -190,9 +192,9 @@ class JobsMachine(RuleBasedStateMachine):
                      key=lambda j: (-j.priority, j.next_run_at, j.id))
         params = dict(now=self.now, limit=limit, lease_seconds=lease, worker_id=worker)
         if queues is None:
-            rows = self._run("CLAIM_ANY_QUEUE", **params)
+            rows = self._run(pgsql.CLAIM_ANY_QUEUE, **params)
         else:
-            rows = self._run("CLAIM_QUEUES", queues=queues, **params)
+            rows = self._run(pgsql.CLAIM_QUEUES, queues=queues, **params)
         assert sorted(r[0] for r in rows) == sorted(j.id for j in due[:limit])
         event(f"claim: {len(rows)} claimed")
         for row in rows:
@@ -257,7 +259,7 @@ class JobsMachine(RuleBasedStateMachine):
         picked = self._pick(data)
         stale_only = not any(self._holds(*p) for p in picked)
         before = self._snapshot() if stale_only else None
-        rows = self._run("HEARTBEAT", now=self.now, lease_seconds=lease,
+        rows = self._run(pgsql.HEARTBEAT, now=self.now, lease_seconds=lease,
                          ids=[i for i, _ in picked], tokens=[t for _, t in picked])
         assert sorted(r[0] for r in rows) == sorted(i for i, t in picked if self._holds(i, t))
         event(f"heartbeat: {len(rows)} of {len(picked)} renewed")
@@ -273,7 +275,7 @@ class JobsMachine(RuleBasedStateMachine):
         picked = self._pick(data)
         stale_only = not any(self._holds(*p) for p in picked)
         before = self._snapshot() if stale_only else None
-        rows = self._run("RELEASE_JOBS", ids=[i for i, _ in picked],
+        rows = self._run(pgsql.RELEASE_JOBS, ids=[i for i, _ in picked],
                          tokens=[t for _, t in picked])
         assert sorted(r[0] for r in rows) == sorted(i for i, t in picked if self._holds(i, t))
         event(f"release: {len(rows)} of {len(picked)} released")
@@ -294,7 +296,7 @@ class JobsMachine(RuleBasedStateMachine):
         """Expired leases: back to pending, or to dead_letters when out of attempts."""
         expired = {j.id: j for j in self.jobs.values()
                    if j.token is not None and j.lease_expires_at < self.now}
-        rows = self._run("RESCUE_EXPIRED", now=self.now, limit=limit)
+        rows = self._run(pgsql.RESCUE_EXPIRED, now=self.now, limit=limit)
         got = {r[1]: r[0] for r in rows}
         assert len(got) == len(rows) == min(limit, len(expired))
         assert set(got) <= set(expired)
