@@ -21,7 +21,7 @@ from . import sql as S
 from .connection import async_raw_connection, raw_connection
 from .errors import LeaseLost
 from .jobinfo import JobInfo
-from .sql import Statements, compose
+from .sql import Statements
 from .store import JobStore
 
 #: wait_for re-reads the job at least this often (the NOTIFY may be missed: a LISTEN
@@ -41,11 +41,11 @@ async def acancel(aconn: Any, sql: Statements, job_id: int) -> str | None:
     """See :meth:`pgjobs.App.acancel`."""
     raw = await async_raw_connection(aconn)
     job_id = _job_id(job_id)
-    cur = await raw.execute(compose(sql.schema, S.CANCEL_PENDING),
+    cur = await raw.execute(sql.of(S.CANCEL_PENDING),
                             {"id": job_id, "finished_channel": sql.finished_channel})
     if await cur.fetchall():
         return "cancelled"
-    cur = await raw.execute(compose(sql.schema, S.CANCEL_RUNNING),
+    cur = await raw.execute(sql.of(S.CANCEL_RUNNING),
                             {"id": job_id, "channel": sql.channel,
                              "cancel_prefix": S.CANCEL_PREFIX})
     if await cur.fetchall():
@@ -84,7 +84,7 @@ class Lease:
 
     async def acomplete(self, aconn: Any) -> None:
         raw = await async_raw_connection(aconn)
-        cur = await raw.execute(compose(self.sql.schema, S.COMPLETE_IN_TRANSACTION),
+        cur = await raw.execute(self.sql.of(S.COMPLETE_IN_TRANSACTION),
                                 {"id": self.job_id, "token": self.token,
                                  "finished_channel": self.sql.finished_channel})
         if not await cur.fetchall():
@@ -121,7 +121,7 @@ async def aget_job(url: str, sql: Statements, job_id: int) -> JobInfo | None:
 async def _aread(conn: psycopg.AsyncConnection[Any], sql: Statements,
                  job_id: int) -> JobInfo | None:
     cur = conn.cursor(row_factory=args_row(JobInfo))
-    await cur.execute(compose(sql.schema, S.GET_JOB), {"id": job_id, "now": None})
+    await cur.execute(sql.of(S.GET_JOB), {"id": job_id, "now": None})
     return await cur.fetchone()
 
 
