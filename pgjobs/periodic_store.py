@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg.rows import args_row
 
 from . import cron as cronlib
 from . import sql as S
@@ -115,30 +116,68 @@ def decide_tick(conn: psycopg.Connection[Any], sql: Statements, schedule: Schedu
                       queue=queue)
 
 
+@dataclass(frozen=True)
+class ScheduleRow:
+    """One row of ``PERIODIC_LIST`` (columns in ``SELECT`` order)."""
+
+    name: str
+    cron: str
+    timezone: str
+    args: Any
+    task: str
+    queue: str
+    priority: int
+    max_attempts: int
+    max_delay_seconds: float | None
+    active: bool
+    last_tick: dt.datetime | None
+    last_outcome: str | None
+    last_job_id: int | None
+    ticks_enqueued: int
+    ticks_skipped: int
+    ticks_missed: int
+    registered_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class StoredSchedule:
+    """One row of ``PERIODIC_GET``: what :func:`run_now` enqueues (``args`` as JSON text)."""
+
+    name: str
+    cron: str
+    timezone: str
+    args_json: str
+    task: str
+    queue: str
+    priority: int
+    max_attempts: int
+    active: bool
+
+
 def list_schedules(conn: psycopg.Connection[Any], sql: Statements,
                    now: dt.datetime | None = None) -> list[dict[str, Any]]:
     """Every registered schedule with its ``next_tick`` computed from the database clock
     (``None`` for inactive schedules: no worker defines them any more)."""
     current = server_now(conn, sql, now)
     result = []
-    for row in conn.execute(sql.of(S.PERIODIC_LIST)).fetchall():
-        (name, expression, timezone, args, task, queue, priority, max_attempts,
-         max_delay, active, last_tick, last_outcome, last_job_id, enqueued, skipped,
-         missed, registered_at) = row
+    with conn.cursor(row_factory=args_row(ScheduleRow)) as cur:
+        rows = cur.execute(sql.of(S.PERIODIC_LIST)).fetchall()
+    for row in rows:
         next_tick = None
-        if active:
+        if row.active:
             try:
-                next_tick = cronlib.parse(expression, timezone).next_after(current)
+                next_tick = cronlib.parse(row.cron, row.timezone).next_after(current)
             except cronlib.CronError:  # written by a newer or older pgjobs: show no guess
                 next_tick = None
         result.append({
-            "name": name, "cron": expression, "timezone": timezone, "active": active,
-            "last_tick": last_tick, "next_tick": next_tick, "task": task, "queue": queue,
-            "args": args, "priority": priority, "max_attempts": max_attempts,
-            "max_delay_seconds": max_delay, "last_outcome": last_outcome,
-            "last_job_id": last_job_id, "ticks_enqueued": enqueued,
-            "ticks_skipped": skipped, "ticks_missed": missed,
-            "registered_at": registered_at,
+            "name": row.name, "cron": row.cron, "timezone": row.timezone,
+            "active": row.active, "last_tick": row.last_tick, "next_tick": next_tick,
+            "task": row.task, "queue": row.queue, "args": row.args,
+            "priority": row.priority, "max_attempts": row.max_attempts,
+            "max_delay_seconds": row.max_delay_seconds, "last_outcome": row.last_outcome,
+            "last_job_id": row.last_job_id, "ticks_enqueued": row.ticks_enqueued,
+            "ticks_skipped": row.ticks_skipped, "ticks_missed": row.ticks_missed,
+            "registered_at": row.registered_at,
         })
     return result
 
@@ -151,12 +190,12 @@ def run_now(conn: psycopg.Connection[Any], app: App, name: str) -> int:
     :class:`ConfigurationError` for an unknown schedule and :class:`pgjobs.QueueFull`
     when its queue is at its pending limit.
     """
-    row = conn.execute(app.sql.of(S.PERIODIC_GET), {"name": name}).fetchone()
+    with conn.cursor(row_factory=args_row(StoredSchedule)) as cur:
+        row = cur.execute(app.sql.of(S.PERIODIC_GET), {"name": name}).fetchone()
     if row is None:
         raise ConfigurationError(
             f"no periodic schedule named {name!r}: see `pgjobs periodic list` (schedules are "
             "registered when a worker of their App starts)")
-    _, _, _, args_json, task, queue, priority, max_attempts, _active = row
-    spec = JobSpec(task=task, queue=queue, args_json=args_json, priority=priority,
-                   max_attempts=max_attempts)
+    spec = JobSpec(task=row.task, queue=row.queue, args_json=row.args_json,
+                   priority=row.priority, max_attempts=row.max_attempts)
     return app._enqueuer.enqueue_one(conn, spec)
