@@ -121,6 +121,8 @@ class Completer(ThreadService):
         """Write a batch of outcomes (never drops one; see the module doc)."""
         finished = [r for r in batch if r.outcome is not Outcome.RELEASE]
         released = [r for r in batch if r.outcome is Outcome.RELEASE]
+        # Before the write: a renewal racing it must not take these rows for lost leases.
+        self._in_hand.settling(r.job.id for r in batch)
         if finished:
             self._isolating(finished, self._write_finished)
         if released:

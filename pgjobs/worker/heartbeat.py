@@ -135,7 +135,7 @@ class Heartbeat(ThreadService):
         # Jobs finished since the snapshot are gone from in_hand; only the rest were lost.
         still_held = set(self._in_hand.snapshot()[0])
         lost = [i for i in ids if i not in ours and i in still_held
-                and not self._in_hand.self_completed(i)]
+                and not self._in_hand.self_completed(i) and not self._in_hand.is_settling(i)]
         if lost:
             self._stats.lost_leases += len(lost)
             self._in_hand.remove(lost)

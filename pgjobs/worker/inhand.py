@@ -18,6 +18,9 @@ class InHand:
         # Jobs a handler completed in its own transaction: their row may vanish before
         # the outcome is written, which is not a lost lease.
         self._self_completed: set[int] = set()
+        # Jobs whose outcome the completer is writing: their row leaves `jobs` (or its
+        # lease token changes) before they leave this map, which is not a lost lease.
+        self._settling: set[int] = set()
         self._lock = threading.Lock()
 
     def add(self, items: Iterable[tuple[int, str]]) -> None:
@@ -27,12 +30,15 @@ class InHand:
     def remove(self, ids: Iterable[int]) -> None:
         with self._lock:
             tokens, flags, completed = self._tokens, self._flags, self._self_completed
+            settling = self._settling
             for job_id in ids:
                 tokens.pop(job_id, None)
                 if flags:
                     flags.pop(job_id, None)
                 if completed:
                     completed.discard(job_id)
+                if settling:
+                    settling.discard(job_id)
 
     def snapshot(self) -> tuple[list[int], list[str]]:
         with self._lock:
@@ -75,6 +81,15 @@ class InHand:
         with self._lock:
             if job_id in self._tokens:
                 self._self_completed.add(job_id)
+
+    def settling(self, ids: Iterable[int]) -> None:
+        """The completer is about to write these jobs' outcomes (see ``_settling``)."""
+        with self._lock:
+            self._settling.update(i for i in ids if i in self._tokens)
+
+    def is_settling(self, job_id: int) -> bool:
+        # Read without the lock, like self_completed.
+        return bool(self._settling) and job_id in self._settling
 
     def self_completed(self, job_id: int) -> bool:
         # Read without the lock: a set membership test is atomic, and the set is
