@@ -82,7 +82,7 @@ class App:
         )
         self._enqueuer = Enqueuer(self.sql, self.limits,
                                   enqueue_instruments(self.meter_provider),
-                                  get_tracer(self.tracer_provider))
+                                  get_tracer(self.tracer_provider), self.tracer_provider)
 
     @property
     def database_url(self) -> str:

@@ -24,7 +24,7 @@ from .metrics import EnqueueInstruments
 from .plan import Copy, Execute, Plan, arun, run
 from .sql import Statements
 from .task import JobSpec
-from .tracing import send_span
+from .tracing import TracingSwitch, send_span
 
 _COPY_TYPES = ["int8", "text", "text", "jsonb", "int2", "int4", "timestamptz", "jsonb"]
 
@@ -42,11 +42,13 @@ class Enqueuer:
     """Writes jobs on the caller's connection; never commits, never opens a connection."""
 
     def __init__(self, statements: Statements, limits: PendingLimits,
-                 instruments: EnqueueInstruments, tracer: Any) -> None:
+                 instruments: EnqueueInstruments, tracer: Any,
+                 tracer_provider: Any | None = None) -> None:
         self._sql = statements
         self._limits = limits
         self._instruments = instruments
         self._tracer = tracer
+        self._tracing = TracingSwitch(tracer_provider)
 
     # --- the two faces ------------------------------------------------------------------
 
@@ -79,7 +81,8 @@ class Enqueuer:
     # --- the rules ----------------------------------------------------------------------
 
     def _one(self, spec: JobSpec) -> Plan[int]:
-        with send_span(self._tracer, spec.queue, spec.task) as (span, carrier), \
+        with send_span(self._tracer, spec.queue, spec.task,
+                       switch=self._tracing) as (span, carrier), \
                 _schema_errors(self._sql.schema):
             try:
                 reservation = yield from self._limits.reserve(spec.queue, 1)
@@ -139,7 +142,8 @@ class Enqueuer:
     def _many(self, jobs: list[JobSpec]) -> Plan[list[int]]:
         per_queue = Counter(job.queue for job in jobs)
         queue_name = jobs[0].queue if len(per_queue) == 1 else "(several queues)"
-        with send_span(self._tracer, queue_name, jobs[0].task, len(jobs)) as (_, carrier), \
+        with send_span(self._tracer, queue_name, jobs[0].task, len(jobs),
+                       switch=self._tracing) as (_, carrier), \
                 _schema_errors(self._sql.schema):
             try:
                 reservations = yield from self._reserve_all(per_queue)

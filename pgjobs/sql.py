@@ -1083,6 +1083,7 @@ SELECT current_setting('max_connections')::int,
 """
 
 
+@lru_cache(maxsize=64)
 def channel_for(schema: str) -> str:
     """The LISTEN/NOTIFY channel of a schema (payload: the queue name).
 
@@ -1094,6 +1095,7 @@ def channel_for(schema: str) -> str:
     return "pgjobs_" + hashlib.sha256(schema.encode()).hexdigest()[:32]
 
 
+@lru_cache(maxsize=64)
 def wake_key_for(schema: str) -> int:
     """A signed 64-bit advisory lock key for a schema's wake-ups (stable across runs)."""
     digest = hashlib.sha256(b"pgjobs-wake:" + schema.encode()).digest()
@@ -1152,7 +1154,11 @@ class Statements:
 
 @lru_cache(maxsize=256)
 def _compose(schema: str, template: str) -> sql.Composed:
-    return sql.SQL(template).format(schema=sql.Identifier(schema))  # type: ignore[arg-type]
+    composed = sql.SQL(template).format(schema=sql.Identifier(schema))  # type: ignore[arg-type]
+    # Rendered once: psycopg re-joins a Composed's parts (and re-quotes the identifier
+    # through libpq) on every execute, ~2.5 µs of each enqueue's ~16 µs of Python. The
+    # quoting does not depend on the connection (identifiers are only double-quoted).
+    return sql.Composed([sql.SQL(composed.as_string(None))])  # type: ignore[arg-type]
 
 
 def compose(schema: str, template: str) -> sql.Composed:

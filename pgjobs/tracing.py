@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from opentelemetry import propagate, trace
@@ -54,10 +54,27 @@ class TracingSwitch:
         return self._enabled
 
 
+SendSpan = AbstractContextManager[tuple[trace.Span, "dict[str, str] | None"]]
+
+# What send_span gives when tracing is off: reusable, entered by any number of threads.
+_UNTRACED: SendSpan = nullcontext((trace.INVALID_SPAN, None))
+
+
+def send_span(tracer: trace.Tracer, queue: str, task: str, count: int = 1, *,
+              switch: TracingSwitch | None = None) -> SendSpan:
+    """The producer span, and the carrier to store with the job (None when not sampled).
+
+    With a ``switch`` that says tracing is off, nothing at all: even a no-op span costs
+    ~6 µs of OpenTelemetry's context bookkeeping, a third of an enqueue's Python.
+    """
+    if switch is not None and not switch.enabled():
+        return _UNTRACED
+    return _send_span(tracer, queue, task, count)
+
+
 @contextmanager
-def send_span(tracer: trace.Tracer, queue: str, task: str, count: int = 1
-              ) -> Iterator[tuple[trace.Span, dict[str, str] | None]]:
-    """The producer span, and the carrier to store with the job (None when not sampled)."""
+def _send_span(tracer: trace.Tracer, queue: str, task: str, count: int
+               ) -> Iterator[tuple[trace.Span, dict[str, str] | None]]:
     attributes: dict[str, str | int] = {
         "messaging.system": SYSTEM,
         "messaging.operation.type": "send",
