@@ -29,6 +29,7 @@ from .tracing import TracingSwitch, send_span
 # text Task.job() made and validated: a Jsonb wrapper per row would only pass the same
 # text through a Python dumper (~1 µs a job, a tenth of enqueue_many's client time).
 _COPY_TYPES = ["int8", "text", "text", "text", "int2", "int4", "timestamptz", "text"]
+_COPY_DUE_TYPES = ["int8", "text", "text", "text", "int2", "int4", "text"]
 
 #: A unique key whose holder keeps finishing between our insert and our look-up is
 #: inserted again; this many rounds, then the caller is told to retry.
@@ -198,8 +199,12 @@ class Enqueuer:
         if any(job.unique_key is not None for job in jobs):
             result, inserted = yield from self._insert_unique(jobs, ids, server_now, trace)
         else:
-            yield Copy(self._sql.of(S.COPY_JOBS), _COPY_TYPES,
-                       _copy_rows(jobs, ids, server_now, trace))
+            if any(job.delay > 0 for job in jobs):
+                yield Copy(self._sql.of(S.COPY_JOBS), _COPY_TYPES,
+                           _copy_rows(jobs, ids, server_now, trace))
+            else:
+                yield Copy(self._sql.of(S.COPY_DUE_JOBS), _COPY_DUE_TYPES,
+                           _copy_due_rows(jobs, ids, trace))
             result, inserted = list(ids), list(range(len(jobs)))
         due = sorted({jobs[i].queue for i in inserted if jobs[i].delay <= 0})
         if due:
@@ -293,6 +298,12 @@ def _copy_rows(jobs: list[JobSpec], ids: list[int], server_now: dt.datetime,
             job_id, job.queue, job.task, job.args_json, job.priority, job.max_attempts,
             server_now + job.delay * second if job.delay else server_now, trace,
         )
+
+
+def _copy_due_rows(jobs: list[JobSpec], ids: list[int], trace: str | None
+                   ) -> Iterator[Sequence[Any]]:
+    for job_id, job in zip(ids, jobs, strict=True):
+        yield job_id, job.queue, job.task, job.args_json, job.priority, job.max_attempts, trace
 
 
 def _key_kept_changing(unique_key: str | None) -> RuntimeError:

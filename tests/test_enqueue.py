@@ -246,6 +246,24 @@ def test_enqueue_many_rollback_and_unique_keys(app, conn, db, schema):
     assert count(db, schema, "jobs") == 2
 
 
+def test_enqueue_many_of_due_jobs_only_runs_them_at_the_transactions_time(app, conn, db,
+                                                                          schema):
+    # A batch without delays leaves next_run_at to its default (COPY without the column):
+    # every other column still comes from the job, escaping included.
+    deliver, flaky = _tasks(app)
+    args = {"event_id": "tab\there \\N", "body": {"nl": "a\nb", "emoji": "😀"}}
+    ids = app.enqueue_many(conn, [deliver.job(**args),
+                                  flaky.options(priority=4, max_attempts=2).job()])
+    started = conn.execute("SELECT now()").fetchone()[0]  # the enqueueing transaction's
+    conn.commit()
+    first, second = _row(db, schema, ids[0]), _row(db, schema, ids[1])
+    assert (first["task"], first["queue"], first["args"], first["priority"],
+            first["max_attempts"]) == (deliver.name, "webhooks", args, 0, 7)
+    assert (second["task"], second["priority"], second["max_attempts"]) == ("flaky", 4, 2)
+    assert first["next_run_at"] == second["next_run_at"] == started
+    assert first["state"] == "pending" and first["trace_context"] is None
+
+
 def test_enqueue_many_refuses_non_jobs(app, conn):
     with pytest.raises(TypeError, match=r"task.job"):
         app.enqueue_many(conn, [{"task": "x"}])
