@@ -69,10 +69,12 @@ SELECT id FROM {schema}.jobs WHERE unique_key = %(unique_key)s
 """
 
 # Bulk enqueue, step 1: the server's clock and a block of ids, so COPY can write
-# explicit ids and next_run_at and enqueue_many can still return the ids.
+# explicit ids and next_run_at and enqueue_many can still return the ids. The sequence
+# is looked up once, in a scalar subquery (an InitPlan): called per row, the catalog
+# lookup made this 120 ms of a 50,000-job enqueue_many instead of 13.
 RESERVE_JOB_IDS = """
 SELECT now(), array(
-    SELECT nextval(pg_get_serial_sequence(%(jobs_table)s, 'id'))
+    SELECT nextval((SELECT pg_get_serial_sequence(%(jobs_table)s, 'id')::regclass))
     FROM generate_series(1, %(count)s)
 )
 """
