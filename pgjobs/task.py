@@ -118,16 +118,16 @@ class _JobFactory(Generic[P]):
                 "(they are stored as a JSON object)"
             )
         task, options = self._task, self._options
+        # Positional, in JobSpec's field order: a quarter cheaper than keywords, and
+        # enqueue_many callers build tens of thousands of these.
         return JobSpec(
-            task=task.name,
-            queue=options.queue if options.queue is not None else task.queue,
-            args_json=dump_args(task.name, kwargs, task.app.max_args_bytes),
-            priority=options.priority if options.priority is not None else task.priority,
-            delay=options.delay,
-            unique_key=options.unique_key,
-            max_attempts=(
-                options.max_attempts if options.max_attempts is not None else task.max_attempts
-            ),
+            task.name,
+            options.queue if options.queue is not None else task.queue,
+            dump_args(task.name, kwargs, task.app.max_args_bytes),
+            options.priority if options.priority is not None else task.priority,
+            options.delay,
+            options.unique_key,
+            options.max_attempts if options.max_attempts is not None else task.max_attempts,
         )
 
     def enqueue(self, conn: Any, /, *args: P.args, **kwargs: P.kwargs) -> int:
