@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="jobs per `pgjobs work` drain (default 50000, --quick 5000)")
     parser.add_argument("--process-counts", default="1,2",
                         help="comma-separated --processes values of the process drains")
-    parser.add_argument("--process-concurrency", default="10,50,100",
+    parser.add_argument("--process-concurrency", default="10,25,50,100",
                         help="comma-separated --concurrency values of the process drains")
 
 
