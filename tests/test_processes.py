@@ -19,6 +19,7 @@ from psycopg import sql
 import pgjobs
 
 from .apps import sample
+from .chaos.tcp_proxy import TcpProxy
 from .conftest import cli_env, count, run_cli
 from .workers import WorkerProcess, create_executions_table, wait_until
 
@@ -200,6 +201,40 @@ def _free_port_pair() -> int:
                     continue
         return int(port)
     raise AssertionError("no two consecutive free ports")
+
+
+def test_the_supervisor_waits_for_a_database_that_comes_up_late(env, pg_url, schema, db):
+    # Nothing listens on the port yet (a container started before PostgreSQL): the
+    # supervisor keeps retrying for --wait-for-database, then starts its children.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    late_url = TcpProxy.url_for(pg_url, "127.0.0.1", port)
+    supervisor = WorkerProcess(late_url, schema, "--processes", "2", "--concurrency", "1",
+                               "--wait-for-database", "120", "--log-level", "debug")
+    try:
+        wait_until(lambda: "database not reachable yet" in supervisor.log
+                   or supervisor.proc.poll() is not None, 60, message="the supervisor waiting")
+        assert supervisor.proc.poll() is None, supervisor.log
+        with TcpProxy(listen_port=port):  # the database "comes up"
+            _children_registered(db, schema, supervisor, 2)
+            ids = _enqueue(env, pg_url, "sleepy", 4, seconds=0.0)
+            wait_until(lambda: {job for job, _, _ in _executions(db, schema, "done")}
+                       == set(ids), 60, message="the jobs done")
+            supervisor.signal(signal.SIGTERM)
+            assert supervisor.wait(60) == 0, supervisor.log
+    finally:
+        supervisor.kill()
+
+
+def test_the_supervisor_gives_up_after_wait_for_database_in_one_line(schema):
+    env = cli_env("postgresql://postgres@127.0.0.1:1/nowhere", schema)
+    result = run_cli("work", "tests.apps.sample:app", "--processes", "2",
+                     "--wait-for-database", "1", env=env)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "cannot connect" in lines[0] and "waited 1s" in lines[0], lines[0]
 
 
 def test_metrics_port_each_child_serves_on_port_plus_its_index(env, pg_url, schema, db):

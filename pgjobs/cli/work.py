@@ -210,6 +210,13 @@ def supervise(ctx: typer.Context, the_app: App, worker: Any, processes: int, app
     from ..supervisor import Supervisor, check_connection_budget, read_connection_budget
 
     url = the_app.database_url
+    # Like a single worker: keep retrying an unreachable database for --wait-for-database
+    # seconds (a container starting before PostgreSQL), and a signal meanwhile ends it.
+    startup.attach(worker)
+    if not worker._wait_for_database(url):
+        logging.getLogger("pgjobs.worker").info(
+            "stopped before the database was reachable: no worker process was started")
+        return 0
     with connect(autocommit=True, url=url) as conn:
         budget = read_connection_budget(conn)
     check_connection_budget(budget, processes, worker.pool_size)

@@ -59,11 +59,11 @@ class TcpProxy:
     """``with TcpProxy() as proxy: url = proxy.url(pg_url)`` — see the module doc."""
 
     def __init__(self, upstream_host: str = "127.0.0.1", upstream_port: int = 5432,
-                 listen_host: str = "127.0.0.1") -> None:
+                 listen_host: str = "127.0.0.1", listen_port: int = 0) -> None:
         self.upstream = (upstream_host, upstream_port)
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((listen_host, 0))
+        self._listener.bind((listen_host, listen_port))
         self._listener.listen(128)
         self._listener.settimeout(TICK)
         self.host, self.port = self._listener.getsockname()[:2]
@@ -110,9 +110,14 @@ class TcpProxy:
 
     def url(self, base_url: str) -> str:
         """``base_url`` (a postgresql:// URL to the upstream) pointed at the proxy instead."""
+        return self.url_for(base_url, self.host, self.port)
+
+    @staticmethod
+    def url_for(base_url: str, host: str, port: int) -> str:
+        """``base_url`` pointed at ``host:port`` (e.g. a proxy that is not listening yet)."""
         parts = urlsplit(base_url)
         userinfo = parts.netloc.rpartition("@")[0]
-        netloc = f"{userinfo + '@' if userinfo else ''}{self.host}:{self.port}"
+        netloc = f"{userinfo + '@' if userinfo else ''}{host}:{port}"
         query = urlencode([(k, v) for k, v in parse_qsl(parts.query)
                            if k not in ("host", "hostaddr", "port")])
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
