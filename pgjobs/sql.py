@@ -243,8 +243,68 @@ WITH picked AS (
 )
 """ + _CLAIM_PICKED  # noqa: S608 (two constant texts; no value is formatted in)
 
+# The same claim while paused queues hold a backlog (the fetcher checks once a second,
+# see PAUSED_BACKLOG): every queue that has pending jobs and is not paused, one ordered
+# range of jobs_queue_claim_idx each, merged. The queues come from a skip scan of that
+# index (one descent per queue), so a paused backlog at the head of jobs_claim_idx is
+# jumped over instead of stepped over by every claim: 15 ms -> 1 ms per claim of 50
+# with 100,000 paused due jobs ahead. Not the everyday statement: initialising its
+# larger plan costs ~0.3 ms per claim more than CLAIM_ANY_QUEUE, about what stepping
+# over a thousand entries does.
+CLAIM_ANY_QUEUE_PAUSED_BACKLOG = """
+WITH RECURSIVE pending_queues AS (
+    (SELECT j.queue FROM {schema}.jobs AS j WHERE j.state = 'pending'
+     ORDER BY j.queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.queue FROM {schema}.jobs AS j
+            WHERE j.state = 'pending' AND j.queue > p.queue
+            ORDER BY j.queue LIMIT 1)
+    FROM pending_queues AS p WHERE p.queue IS NOT NULL
+), picked AS (
+    SELECT c.id, c.priority, c.next_run_at
+    FROM (SELECT queue FROM pending_queues
+          WHERE queue IS NOT NULL
+            AND queue <> ALL(ARRAY(SELECT name FROM {schema}.queues WHERE paused))
+         ) AS wanted
+    CROSS JOIN LATERAL (
+        SELECT id, priority, next_run_at FROM {schema}.jobs
+        WHERE queue >= wanted.queue AND queue <= wanted.queue AND state = 'pending'
+          AND next_run_at <= COALESCE(%(now)s::timestamptz, now())
+        ORDER BY queue, priority DESC, next_run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    ORDER BY c.priority DESC, c.next_run_at, c.id
+    LIMIT %(limit)s
+)
+""" + _CLAIM_PICKED  # noqa: S608 (two constant texts; no value is formatted in)
+
+# Whether paused queues hold at least %(enough)s due jobs, that the everyday all-queue
+# claim would step over: then the fetcher uses CLAIM_ANY_QUEUE_PAUSED_BACKLOG. Counted
+# no further than that, one index range per paused queue (the same one-value ranges).
+PAUSED_BACKLOG = """
+SELECT count(*) >= %(enough)s FROM (
+    SELECT 1
+    FROM (SELECT name FROM {schema}.queues WHERE paused) AS p
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM {schema}.jobs
+        WHERE queue >= p.name AND queue <= p.name AND state = 'pending'
+          AND next_run_at <= now()
+        ORDER BY queue
+        LIMIT %(enough)s
+    ) AS due
+    LIMIT %(enough)s
+) AS counted
+"""
+
 # Claim from named queues: one ordered index range per queue (jobs_queue_claim_idx),
 # merged, so each queue's scan stops after `limit` rows whatever its backlog.
+# The queue is matched as a one-value range (`>=` and `<=`, which for text is byte
+# equality), and the ORDER BY starts with it, for the planner's sake: with `queue = x`,
+# x is a constant to it, the two claim indexes give the same order, and it often
+# picked jobs_claim_idx and filtered on the queue, stepping over every due job of
+# other queues ahead (10 ms instead of 1.6 ms per claim of 100 with 100,000 of them;
+# custom and generic plans alike). The same holds in CLAIM_ANY_QUEUE_PAUSED_BACKLOG.
 CLAIM_QUEUES = """
 WITH picked AS (
     SELECT c.id, c.priority, c.next_run_at
@@ -252,9 +312,9 @@ WITH picked AS (
           WHERE q <> ALL(ARRAY(SELECT name FROM {schema}.queues WHERE paused))) AS wanted(queue)
     CROSS JOIN LATERAL (
         SELECT id, priority, next_run_at FROM {schema}.jobs
-        WHERE queue = wanted.queue AND state = 'pending'
+        WHERE queue >= wanted.queue AND queue <= wanted.queue AND state = 'pending'
           AND next_run_at <= COALESCE(%(now)s::timestamptz, now())
-        ORDER BY priority DESC, next_run_at, id
+        ORDER BY queue, priority DESC, next_run_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) AS c

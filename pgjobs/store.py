@@ -236,17 +236,29 @@ class JobStore:
     # --- claims --------------------------------------------------------------------------
 
     def claim(self, conn: Conn, *, limit: int, lease_seconds: float, worker_id: str,
-              queues: Sequence[str] | None, now: dt.datetime | None) -> list[ClaimedJob]:
-        """Claim up to ``limit`` due jobs (all queues when ``queues`` is None)."""
+              queues: Sequence[str] | None, now: dt.datetime | None,
+              jump_paused: bool = False) -> list[ClaimedJob]:
+        """Claim up to ``limit`` due jobs (all queues when ``queues`` is None).
+
+        ``jump_paused`` (see :meth:`paused_backlog`) picks the all-queue claim that jumps
+        over paused queues' backlogs; either statement is correct whatever is paused.
+        """
         params: dict[str, Any] = {"now": now, "limit": limit, "lease_seconds": lease_seconds,
                                   "worker_id": worker_id}
         if queues is None:
-            statement = self._q(S.CLAIM_ANY_QUEUE)
+            statement = self._q(S.CLAIM_ANY_QUEUE_PAUSED_BACKLOG if jump_paused
+                                else S.CLAIM_ANY_QUEUE)
         else:
             statement = self._q(S.CLAIM_QUEUES)
             params["queues"] = list(queues)
         cur = conn.cursor(row_factory=args_row(ClaimedJob))
         return cur.execute(statement, params, prepare=self.prepare).fetchall()
+
+    def paused_backlog(self, conn: Conn, *, enough: int = 1000) -> bool:
+        """Whether paused queues hold at least ``enough`` due jobs (read in bounded time)."""
+        row = conn.execute(self._q(S.PAUSED_BACKLOG), {"enough": enough},
+                           prepare=self.prepare).fetchone()
+        return bool(row and row[0])
 
     def seconds_until_next_due(self, conn: Conn, *, queues: Sequence[str] | None,
                                now: dt.datetime | None) -> float | None:

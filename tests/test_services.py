@@ -21,6 +21,7 @@ from psycopg import sql
 
 import pgjobs
 from pgjobs.store import ClaimedJob, JobStore
+from pgjobs.worker import fetcher as fetcher_module
 from pgjobs.worker import maintenance
 from pgjobs.worker.clock import FakeClock
 from pgjobs.worker.completer import Completer
@@ -361,3 +362,40 @@ def test_run_does_not_wait_for_a_database_that_does_not_exist(pg_url):
     with pytest.raises(pgjobs.ConfigurationError) as info:
         worker.run()  # would block for 10 minutes if it waited
     assert "does not exist" in str(info.value) and "waited" not in str(info.value)
+
+
+def test_an_all_queue_fetcher_jumps_over_paused_queues_only_while_they_hold_a_backlog(
+        app, conn, db, rig_for, monkeypatch):
+    @app.task(name="t")
+    def t() -> None: ...
+
+    monkeypatch.setattr(fetcher_module, "PAUSED_BACKLOG_ENOUGH", 1)  # one due job will do
+
+    t.enqueue(conn)
+    conn.commit()
+    rig = rig_for()
+    used: list[bool] = []
+    claim = rig.store.claim
+
+    def spying_claim(*args: Any, **kwargs: Any) -> list[ClaimedJob]:
+        used.append(kwargs["jump_paused"])
+        return claim(*args, **kwargs)
+
+    rig.store.claim = spying_claim  # type: ignore[method-assign]
+    assert [j.queue for j in rig.claim()] == ["default"] and used == [False]
+    app.set_queue_paused(conn, "held", True)
+    t.options(queue="held").enqueue(conn)
+    t.enqueue(conn)
+    conn.commit()  # both due a moment after the rig's clock: found once it moves on
+    rig.claim()
+    assert used[-1] is False  # it looked less than a second ago: the everyday claim
+    rig.clock.advance(5.0)
+    assert [j.queue for j in rig.claim()] == ["default"] and used[-1] is True
+    app.set_queue_paused(conn, "held", False)
+    conn.commit()
+    rig.clock.advance(5.0)
+    assert [j.queue for j in rig.claim()] == ["held"] and used[-1] is False
+    app.set_queue_paused(conn, "other", True)  # paused, but holding nothing to step over
+    conn.commit()
+    rig.clock.advance(5.0)
+    assert rig.claim() == [] and used[-1] is False

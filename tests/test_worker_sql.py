@@ -11,6 +11,7 @@ from psycopg import sql
 
 import pgjobs.admin
 import pgjobs.sql as pgsql
+from pgjobs.store import JobStore
 
 from .conftest import count
 
@@ -202,3 +203,87 @@ def test_requeue_dead_letter_makes_a_fresh_job(app, conn, q, db, schema):
                      [pairs[0][1]]).fetchone()
     assert row == ("t", "x", {"n": 7}, 4, 0, "pending")
     assert count(db, schema, "dead_letters") == 0
+
+
+def _seed_paused_backlog(db, schema, paused_jobs: int, priorities: int = 3) -> None:
+    """A paused queue whose due jobs come before two open queues' of the same priority
+    in jobs_claim_idx (the open queues' jobs spread over ``priorities`` priorities)."""
+    jobs = sql.Identifier(schema, "jobs")
+    db.execute(sql.SQL(
+        "INSERT INTO {} (queue, task, args, next_run_at) SELECT 'paused', 't', '{{}}', "
+        "now() - interval '1 day' + i * interval '1 ms' FROM generate_series(1, %s) AS i"
+    ).format(jobs), [paused_jobs])
+    db.execute(sql.SQL(
+        "INSERT INTO {} (queue, task, args, priority, next_run_at) "
+        "SELECT CASE WHEN i %% 2 = 0 THEN 'a' ELSE 'b' END, 't', '{{}}', -(i %% %s), "
+        "now() - interval '1 hour' + i * interval '1 s' FROM generate_series(1, 300) AS i"
+    ).format(jobs), [priorities])
+    db.execute(sql.SQL("INSERT INTO {} (name, paused) VALUES ('paused', true)").format(
+        sql.Identifier(schema, "queues")))
+    db.execute(sql.SQL("ANALYZE {}").format(jobs))
+
+
+def _picks(db, app, statement: str, limit: int) -> list[int]:
+    """The ids a claim would take, in claim order (rolled back)."""
+    params = dict(limit=limit, lease_seconds=30.0, worker_id="w1", now=None)
+    try:
+        rows = db.execute(app.sql.of(statement), params).fetchall()
+    finally:
+        db.rollback()
+    return [r[0] for r in sorted(rows, key=lambda r: (-r[4], r[7], r[0]))]
+
+
+def test_the_claim_for_paused_times_takes_what_the_everyday_claim_takes(app, db, schema):
+    db.autocommit = False
+    _seed_paused_backlog(db, schema, 2000)
+    db.commit()
+    for limit in (1, 7, 50, 400):
+        everyday = _picks(db, app, pgsql.CLAIM_ANY_QUEUE, limit)
+        jumping = _picks(db, app, pgsql.CLAIM_ANY_QUEUE_PAUSED_BACKLOG, limit)
+        assert jumping == everyday and len(everyday) == min(limit, 300)
+    queues = db.execute(sql.SQL("SELECT DISTINCT queue FROM {} WHERE id = ANY(%s)").format(
+        sql.Identifier(schema, "jobs")), [_picks(db, app, pgsql.CLAIM_ANY_QUEUE_PAUSED_BACKLOG,
+                                                 400)]).fetchall()
+    assert sorted(q for (q,) in queues) == ["a", "b"]  # nothing of the paused queue
+    db.rollback()
+    store = JobStore(app.sql)
+    assert store.paused_backlog(db) is True and store.paused_backlog(db, enough=2001) is False
+
+
+@pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
+@pytest.mark.parametrize("claim", ["CLAIM_ANY_QUEUE_PAUSED_BACKLOG", "CLAIM_QUEUES"])
+def test_claims_by_queue_jump_over_other_queues_backlogs(app, db, schema, plan_cache_mode,
+                                                          claim):
+    # 50,000 due jobs of another queue (paused here) come first in jobs_claim_idx. The
+    # everyday all-queue claim steps over them; a claim that reads one index range per
+    # queue (the one for paused times, and named-queue workers') must not.
+    db.autocommit = False
+    jobs = sql.Identifier(schema, "jobs")
+    db.execute(sql.SQL(
+        "INSERT INTO {} (queue, task, args, next_run_at) SELECT 'paused', 't', '{{}}', "
+        "now() - interval '1 day' + i * interval '1 ms' FROM generate_series(1, 50000) AS i"
+    ).format(jobs))
+    db.execute(sql.SQL("INSERT INTO {} (queue, task, args) "
+                       "SELECT 'open', 't', '{{}}' FROM generate_series(1, 20000)").format(jobs))
+    db.execute(sql.SQL("INSERT INTO {} (name, paused) VALUES ('paused', true)").format(
+        sql.Identifier(schema, "queues")))
+    db.execute(sql.SQL("ANALYZE {}").format(jobs))
+    db.commit()
+    db.execute(sql.SQL("SET plan_cache_mode = {}").format(sql.Identifier(plan_cache_mode)))
+    params = dict(limit=50, lease_seconds=30.0, worker_id="w1", now=None,
+                  queues=["open", "paused"])
+
+    def buffers(statement: str) -> int:
+        try:
+            plan = db.execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ")
+                              + app.sql.of(statement), params).fetchone()[0][0]["Plan"]
+        finally:
+            db.rollback()
+        # The picking (CTE `picked`), not the UPDATE both statements share.
+        picked = next(p for p in plan["Plans"] if p.get("Subplan Name") == "CTE picked")
+        return picked["Shared Hit Blocks"] + picked["Shared Read Blocks"]
+
+    everyday, jumping = buffers(pgsql.CLAIM_ANY_QUEUE), buffers(getattr(pgsql, claim))
+    # The everyday claim steps over the 50,000 paused entries; this one reads what the
+    # 50 jobs it takes need (their rows, index pages, a skip scan's descents).
+    assert jumping * 5 < everyday, (jumping, everyday)
