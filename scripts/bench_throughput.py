@@ -12,6 +12,11 @@ report) are bench.py's. What each number means:
     while a fetcher waits (every enqueue notifies); ``legacy`` the pre-0005 statement
     (always notifies), the before-figure in the same run. ``pgjobs_vs_tx_insert`` has the
     target (>= 0.80).
+``drain.other_backlog.{paused,named}``: jobs/s of ``pgjobs work --concurrency 50``
+    draining ``--process-drain-n`` jobs while ``--other-backlog-n`` (100,000) older due
+    jobs of another queue come first in the claim index: that queue paused (an all-queue
+    worker), or not served (a ``--queues`` worker). ``...baseline``: the same with the
+    pgjobs of ``--baseline-checkout DIR``, run just before, in the same run.
 ``drain.process.p{P}.c{C}``: jobs/s of one ``pgjobs work --processes P --concurrency C``
     draining ``--process-drain-n`` (50,000) no-op jobs, from the first claimed job to an
     empty table (process start-up excluded). ``drain.reference.p{P}``: a minimal psycopg
@@ -59,6 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated --processes values of the process drains")
     parser.add_argument("--process-concurrency", default="10,25,50,100",
                         help="comma-separated --concurrency values of the process drains")
+    parser.add_argument("--other-backlog-n", type=int, default=None,
+                        help="older due jobs of another queue in the backlog drains "
+                             "(default 100000, --quick 10000)")
+    parser.add_argument("--baseline-checkout", metavar="DIR", default=None,
+                        help="also run the backlog drains with the pgjobs package of this "
+                             "checkout (e.g. `git worktree add /tmp/base <commit>`), "
+                             "interleaved with this one: a before/after in the same run")
 
 
 # --- concurrent single-row enqueue ------------------------------------------------------
@@ -223,14 +235,16 @@ def _fill(url: str, schema: str, n: int) -> None:
 
 
 def _time_drain(url: str, schema: str, n: int, procs: list[subprocess.Popen[bytes]],
-                timeout: float) -> tuple[float, bool]:
-    """Jobs/s from the first claimed job to an empty table (or the timeout)."""
+                timeout: float, queue: str | None = None) -> tuple[float, bool]:
+    """Jobs/s from the first claimed job to an empty table, or an empty ``queue`` (or
+    the timeout)."""
     jobs = sql.Identifier(schema, "jobs")
+    of_queue = sql.SQL("queue = {}").format(sql.Literal(queue)) if queue else sql.SQL("true")
     with psycopg.connect(url, autocommit=True) as mon:
-        started = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE state = 'running')"
-                          ).format(jobs)
-        empty = sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(jobs)
-        left = sql.SQL("SELECT count(*) FROM {}").format(jobs)
+        started = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE state = 'running' AND {})"
+                          ).format(jobs, of_queue)
+        empty = sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {} WHERE {})").format(jobs, of_queue)
+        left = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(jobs, of_queue)
         deadline = time.monotonic() + timeout
         while not mon.execute(started).fetchone()[0]:  # type: ignore[index]
             if any(p.poll() is not None for p in procs):
@@ -314,10 +328,74 @@ def bench_process_drains(cfg: argparse.Namespace, report: Any,
                        complete=complete)
 
 
+# --- drains behind another queue's backlog -----------------------------------------------
+
+OTHER_QUEUE = "elsewhere"
+
+
+def backlog_drain(cfg: argparse.Namespace, fresh_schema: FreshSchema, n: int, other: int,
+                  case: str, checkout: str | None) -> tuple[float, bool]:
+    """One `pgjobs work --concurrency 50` drain of ``n`` jobs while ``other`` older due
+    jobs of another queue come first in jobs_claim_idx: that queue paused and the worker
+    serving every queue (``case`` "paused"), or the worker serving only its own queue
+    (``case`` "named")."""
+    url = cfg.database_url
+    with fresh_schema(url, f"ob_{case}") as schema:
+        # The other queue's backlog built up first, as it would have (older jobs, lower
+        # ids, first in the table); the planner's choices depend on that layout.
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL(
+                "INSERT INTO {} (queue, task, args, next_run_at) "
+                "SELECT %s, %s, '{{}}', now() - interval '1 day' + i * interval '1 ms' "
+                "FROM generate_series(1, %s) AS i").format(sql.Identifier(schema, "jobs")),
+                [OTHER_QUEUE, TASK, other])
+            if case == "paused":
+                conn.execute(sql.SQL("INSERT INTO {} (name, paused) VALUES (%s, true)")
+                             .format(sql.Identifier(schema, "queues")), [OTHER_QUEUE])
+        _fill(url, schema, n)  # and VACUUM (ANALYZE)
+        path = [checkout] if checkout else []
+        env = {**os.environ, "PGJOBS_DATABASE_URL": url, "PGJOBS_SCHEMA": schema,
+               "PYTHONPATH": os.pathsep.join(
+                   [*path, str(HERE), os.environ.get("PYTHONPATH", "")])}
+        cmd = [sys.executable, "-m", "pgjobs", "work", "bench_throughput:app",
+               "--concurrency", "50", "--log-level", "warning"]
+        if case == "named":
+            cmd += ["--queues", QUEUE]
+        # `python -m` puts the working directory first on sys.path: run in the checkout.
+        procs = [subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, cwd=checkout)]
+        try:
+            return _time_drain(url, schema, n, procs, cfg.drain_timeout or 60, queue=QUEUE)
+        finally:
+            _stop(procs)
+
+
+def bench_other_backlogs(cfg: argparse.Namespace, report: Any,
+                         fresh_schema: FreshSchema) -> None:
+    n = cfg.process_drain_n or (5000 if cfg.quick else 50_000)
+    other = cfg.other_backlog_n or (10_000 if cfg.quick else 100_000)
+    versions: list[tuple[str, str | None]] = [("", None)]
+    if cfg.baseline_checkout:
+        versions.insert(0, (".baseline", str(Path(cfg.baseline_checkout).resolve())))
+    print(f"\n== drains of {n:,} jobs behind {other:,} older due jobs of another queue, "
+          "`pgjobs work --concurrency 50`"
+          + (f" (and the baseline {cfg.baseline_checkout}, interleaved)"
+             if cfg.baseline_checkout else ""), flush=True)
+    for case, what in (("paused", "all-queue worker, the other queue paused"),
+                       ("named", "--queues worker, the other queue served by nobody")):
+        for suffix, checkout in versions:
+            rate, complete = backlog_drain(cfg, fresh_schema, n, other, case, checkout)
+            print(f"  {what}{' (baseline)' if checkout else ''}: {rate:,.0f} jobs/s"
+                  + ("" if complete else " (incomplete)"), flush=True)
+            report.add(f"drain.other_backlog.{case}{suffix}", rate, "jobs/s", n=n,
+                       other_backlog=other, complete=complete, what=what,
+                       checkout=checkout or "this one")
+
+
 def run(cfg: argparse.Namespace, report: Any, fresh_schema: FreshSchema) -> None:
-    """Both throughput benchmarks (``bench.py throughput``)."""
+    """The throughput benchmarks (``bench.py throughput``)."""
     bench_concurrent_enqueue(cfg, report, fresh_schema)
     bench_process_drains(cfg, report, fresh_schema)
+    bench_other_backlogs(cfg, report, fresh_schema)
 
 
 def _app() -> pgjobs.App:
