@@ -243,10 +243,32 @@ WITH picked AS (
 )
 """ + _CLAIM_PICKED  # noqa: S608 (two constant texts; no value is formatted in)
 
+# The claim of the queues in `wanted(queue)`: one ordered range of jobs_queue_claim_idx
+# per queue, merged, so each queue's scan stops after `limit` rows whatever its
+# backlog. The queue is matched as a one-value range (`>=` and `<=`, which for text is
+# byte equality) and leads the ORDER BY, for the planner's sake: with `queue = x`, x is
+# a constant to it, the two claim indexes give the same order, and it often picked
+# jobs_claim_idx and filtered on the queue, stepping over every due job of other queues
+# ahead (10 ms instead of 1.6 ms per claim of 100 with 100,000 of them; custom and
+# generic plans alike).
+_CLAIM_BY_QUEUE = """
+    CROSS JOIN LATERAL (
+        SELECT id, priority, next_run_at FROM {schema}.jobs
+        WHERE queue >= wanted.queue AND queue <= wanted.queue AND state = 'pending'
+          AND next_run_at <= COALESCE(%(now)s::timestamptz, now())
+        ORDER BY queue, priority DESC, next_run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    ORDER BY c.priority DESC, c.next_run_at, c.id
+    LIMIT %(limit)s
+)
+""" + _CLAIM_PICKED  # noqa: S608 (two constant texts; no value is formatted in)
+
 # The same claim while paused queues hold a backlog (the fetcher checks once a second,
-# see PAUSED_BACKLOG): every queue that has pending jobs and is not paused, one ordered
-# range of jobs_queue_claim_idx each, merged. The queues come from a skip scan of that
-# index (one descent per queue), so a paused backlog at the head of jobs_claim_idx is
+# see PAUSED_BACKLOG): every queue that has pending jobs and is not paused, range by
+# range (_CLAIM_BY_QUEUE). The queues come from a skip scan of jobs_queue_claim_idx
+# (one descent per queue), so a paused backlog at the head of jobs_claim_idx is
 # jumped over instead of stepped over by every claim: 15 ms -> 1 ms per claim of 50
 # with 100,000 paused due jobs ahead. Not the everyday statement: initialising its
 # larger plan costs ~0.3 ms per claim more than CLAIM_ANY_QUEUE, about what stepping
@@ -266,18 +288,7 @@ WITH RECURSIVE pending_queues AS (
           WHERE queue IS NOT NULL
             AND queue <> ALL(ARRAY(SELECT name FROM {schema}.queues WHERE paused))
          ) AS wanted
-    CROSS JOIN LATERAL (
-        SELECT id, priority, next_run_at FROM {schema}.jobs
-        WHERE queue >= wanted.queue AND queue <= wanted.queue AND state = 'pending'
-          AND next_run_at <= COALESCE(%(now)s::timestamptz, now())
-        ORDER BY queue, priority DESC, next_run_at, id
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) AS c
-    ORDER BY c.priority DESC, c.next_run_at, c.id
-    LIMIT %(limit)s
-)
-""" + _CLAIM_PICKED  # noqa: S608 (two constant texts; no value is formatted in)
+""" + _CLAIM_BY_QUEUE  # noqa: S608 (constant texts; no value is formatted in)
 
 # Whether paused queues hold at least %(enough)s due jobs, that the everyday all-queue
 # claim would step over: then the fetcher uses CLAIM_ANY_QUEUE_PAUSED_BACKLOG. Counted
@@ -297,31 +308,13 @@ SELECT count(*) >= %(enough)s FROM (
 ) AS counted
 """
 
-# Claim from named queues: one ordered index range per queue (jobs_queue_claim_idx),
-# merged, so each queue's scan stops after `limit` rows whatever its backlog.
-# The queue is matched as a one-value range (`>=` and `<=`, which for text is byte
-# equality), and the ORDER BY starts with it, for the planner's sake: with `queue = x`,
-# x is a constant to it, the two claim indexes give the same order, and it often
-# picked jobs_claim_idx and filtered on the queue, stepping over every due job of
-# other queues ahead (10 ms instead of 1.6 ms per claim of 100 with 100,000 of them;
-# custom and generic plans alike). The same holds in CLAIM_ANY_QUEUE_PAUSED_BACKLOG.
+# Claim from named queues (those not paused), range by range (_CLAIM_BY_QUEUE).
 CLAIM_QUEUES = """
 WITH picked AS (
     SELECT c.id, c.priority, c.next_run_at
     FROM (SELECT q FROM unnest(%(queues)s::text[]) AS q
           WHERE q <> ALL(ARRAY(SELECT name FROM {schema}.queues WHERE paused))) AS wanted(queue)
-    CROSS JOIN LATERAL (
-        SELECT id, priority, next_run_at FROM {schema}.jobs
-        WHERE queue >= wanted.queue AND queue <= wanted.queue AND state = 'pending'
-          AND next_run_at <= COALESCE(%(now)s::timestamptz, now())
-        ORDER BY queue, priority DESC, next_run_at, id
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) AS c
-    ORDER BY c.priority DESC, c.next_run_at, c.id
-    LIMIT %(limit)s
-)
-""" + _CLAIM_PICKED  # noqa: S608 (two constant texts; no value is formatted in)
+""" + _CLAIM_BY_QUEUE  # noqa: S608 (constant texts; no value is formatted in)
 
 # A fetcher about to wait for a NOTIFY says so (its row makes enqueues notify), then
 # tries the wake-up key exclusively. Granted, no enqueue transaction that read
