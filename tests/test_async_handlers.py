@@ -25,7 +25,15 @@ import pgjobs
 from tests.apps import async_app
 
 from .conftest import count
-from .workers import WorkerProcess, create_executions_table, wait_until
+from .workers import (
+    WorkerProcess,
+    create_executions_table,
+    dead_letter,
+    phases,
+    started_worker,
+    wait_until,
+)
+from .workers import stop_worker as stop
 
 APP = "tests.apps.async_app:app"
 
@@ -48,29 +56,8 @@ def enqueue(pg_url: str, task: pgjobs.Task[Any, Any], schema: str, n: int = 1,
     return ids
 
 
-def phases(db: psycopg.Connection[Any], schema: str, job_id: int | None = None
-           ) -> list[str]:
-    where = sql.SQL("WHERE job_id = %s") if job_id is not None else sql.SQL("")
-    rows = db.execute(sql.SQL("SELECT phase FROM {} {} ORDER BY at").format(
-        sql.Identifier(schema, "executions"), where),
-        [job_id] if job_id is not None else None).fetchall()
-    return [r[0] for r in rows]
-
-
-def dead_letter(db: psycopg.Connection[Any], schema: str, job_id: int) -> Any:
-    return db.execute(sql.SQL("SELECT reason, attempts, error FROM {} WHERE job_id = %s")
-                      .format(sql.Identifier(schema, "dead_letters")), [job_id]).fetchone()
-
-
 def start(pg_url: str, schema: str, *args: str) -> WorkerProcess:
-    w = WorkerProcess(pg_url, schema, *args, app=APP)
-    w.wait_started()
-    return w
-
-
-def stop(w: WorkerProcess) -> None:
-    w.signal(signal.SIGTERM)
-    assert w.wait(60) == 0, w.log
+    return started_worker(pg_url, schema, *args, app=APP)
 
 
 def test_coroutine_handler_runs_current_job_follows_awaits_and_gathered_tasks(

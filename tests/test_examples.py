@@ -29,8 +29,8 @@ from psycopg import sql
 import pgjobs
 from examples.webhook_events import retry_after_header
 
-from .conftest import ROOT, cli_env
-from .workers import WorkerProcess, wait_until
+from .conftest import cli_env
+from .workers import CollectedProcess, WorkerProcess, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -82,26 +82,11 @@ class Recorder:
         self.server.server_close()
 
 
-class ServerProcess:
+class ServerProcess(CollectedProcess):
     """A receiver served by its real server command; stderr collected line by line."""
 
     def __init__(self, kind: str, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, *SERVERS[kind]], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
+        super().__init__([sys.executable, *SERVERS[kind]], env)
 
     def base_url(self) -> str:
         """The URL the server listens on, once it says so (it chose a free port)."""

@@ -6,7 +6,6 @@ several lease periods)."""
 from __future__ import annotations
 
 import json
-import signal
 import time
 from typing import Any
 
@@ -17,7 +16,15 @@ from psycopg import sql
 import pgjobs
 
 from .conftest import cli_env, count, run_cli
-from .workers import WorkerProcess, create_executions_table, wait_until
+from .workers import (
+    WorkerProcess,
+    create_executions_table,
+    dead_letter,
+    phases,
+    started_worker,
+    wait_until,
+)
+from .workers import stop_worker as stop
 
 APP = "tests.apps.lifecycle_app:app"
 
@@ -44,26 +51,8 @@ def enqueue(app: pgjobs.App, conn: psycopg.Connection[Any], name: str, *,
     return job_id
 
 
-def phases(db: psycopg.Connection[Any], schema: str, job_id: int) -> list[str]:
-    rows = db.execute(sql.SQL("SELECT phase FROM {} WHERE job_id = %s ORDER BY at").format(
-        sql.Identifier(schema, "executions")), [job_id]).fetchall()
-    return [r[0] for r in rows]
-
-
-def dead_letter(db: psycopg.Connection[Any], schema: str, job_id: int) -> Any:
-    return db.execute(sql.SQL("SELECT reason, attempts, error FROM {} WHERE job_id = %s")
-                      .format(sql.Identifier(schema, "dead_letters")), [job_id]).fetchone()
-
-
 def worker(pg_url: str, schema: str, *args: str) -> WorkerProcess:
-    w = WorkerProcess(pg_url, schema, *args, app=APP)
-    w.wait_started()
-    return w
-
-
-def stop(w: WorkerProcess) -> None:
-    w.signal(signal.SIGTERM)
-    assert w.wait(60) == 0, w.log
+    return started_worker(pg_url, schema, *args, app=APP)
 
 
 def test_cancel_pending_rolled_back_does_nothing_committed_never_runs(

@@ -39,16 +39,14 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: fl
         time.sleep(interval)
 
 
-class WorkerProcess:
-    """A `pgjobs work` subprocess whose stderr is collected line by line."""
+class CollectedProcess:
+    """A subprocess run from the repository root whose stderr is collected line by line
+    (``log``), so a test can wait for what it says and show it when an assertion fails."""
 
-    def __init__(self, pg_url: str, schema: str, *args: str, app: str = APP,
-                 env_extra: dict[str, str] | None = None) -> None:
-        env = cli_env(pg_url, schema, **(env_extra or {}))
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    def __init__(self, args: list[str], env: dict[str, str], *,
+                 stdout: Any = subprocess.DEVNULL) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pgjobs", "work", app, *args],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
             stderr=subprocess.PIPE, text=True,
         )
         self.lines: list[str] = []
@@ -63,6 +61,17 @@ class WorkerProcess:
     @property
     def log(self) -> str:
         return "".join(self.lines)
+
+
+class WorkerProcess(CollectedProcess):
+    """A `pgjobs work` subprocess whose stderr is collected line by line."""
+
+    def __init__(self, pg_url: str, schema: str, *args: str, app: str = APP,
+                 env_extra: dict[str, str] | None = None) -> None:
+        env = cli_env(pg_url, schema, **(env_extra or {}))
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+        super().__init__([sys.executable, "-m", "pgjobs", "work", app, *args], env,
+                         stdout=subprocess.PIPE)
 
     def wait_started(self, timeout: float = 30.0) -> None:
         wait_until(lambda: "executors on" in self.log or self.proc.poll() is not None,
@@ -81,3 +90,32 @@ class WorkerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+def started_worker(pg_url: str, schema: str, *args: str, app: str = APP) -> WorkerProcess:
+    """A `pgjobs work` process of ``app``, once it says it has started."""
+    worker = WorkerProcess(pg_url, schema, *args, app=app)
+    worker.wait_started()
+    return worker
+
+
+def stop_worker(worker: WorkerProcess) -> None:
+    """SIGTERM, and the graceful exit 0 it must lead to."""
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(60) == 0, worker.log
+
+
+def phases(db: psycopg.Connection[Any], schema: str, job_id: int | None = None
+           ) -> list[str]:
+    """The phases the executions table recorded, in order (of one job, or of all)."""
+    where = sql.SQL("WHERE job_id = %s") if job_id is not None else sql.SQL("")
+    rows = db.execute(sql.SQL("SELECT phase FROM {} {} ORDER BY at").format(
+        sql.Identifier(schema, "executions"), where),
+        [job_id] if job_id is not None else None).fetchall()
+    return [r[0] for r in rows]
+
+
+def dead_letter(db: psycopg.Connection[Any], schema: str, job_id: int) -> Any:
+    """(reason, attempts, error) of a job's dead letter, or None."""
+    return db.execute(sql.SQL("SELECT reason, attempts, error FROM {} WHERE job_id = %s")
+                      .format(sql.Identifier(schema, "dead_letters")), [job_id]).fetchone()
