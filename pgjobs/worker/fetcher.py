@@ -176,7 +176,7 @@ class Fetcher(ThreadService):
 
     def claim(self, wanted: int) -> None:
         """Claim up to ``wanted`` jobs into the buffer now (the loop decides when)."""
-        jump_paused = self._queues is None and self._check_paused_backlog()
+        jump_paused = self._jump_paused
 
         def claim(conn: Conn) -> list[ClaimedJob]:
             return self._store.claim(conn, limit=wanted, lease_seconds=self._lease_seconds,
@@ -196,6 +196,8 @@ class Fetcher(ThreadService):
                 self._unwritten += len(jobs)
             for job in jobs:
                 self._buffer.put(job)
+        if self._queues is None:  # after the jobs are handed over: off the pickup path
+            self._check_paused_backlog()
         if len(jobs) == wanted:
             with self._cv:
                 self._more_likely = True
@@ -207,9 +209,9 @@ class Fetcher(ThreadService):
             return
         self._schedule_next_poll()
 
-    def _check_paused_backlog(self) -> bool:
-        """Whether paused queues hold a backlog, read at most once a second (a stale
-        answer only picks the slower of two correct claims for that second)."""
+    def _check_paused_backlog(self) -> None:
+        """Whether paused queues hold a backlog, for the next claims: read at most once
+        a second (a stale answer only picks the slower of two correct claims)."""
         now = self._clock.monotonic()
         if now - self._paused_checked_at >= PAUSED_RECHECK_SECONDS:
             backlog = self._conn.run(lambda conn: self._store.paused_backlog(
@@ -217,7 +219,6 @@ class Fetcher(ThreadService):
             if backlog is not None:  # None: stopping while the database was unreachable
                 self._jump_paused = backlog
             self._paused_checked_at = now
-        return self._jump_paused
 
     def _go_waiting(self) -> None:
         """Mark this fetcher waiting, then claim once more (the race-closing claim)."""
