@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 
 import psycopg
@@ -269,15 +270,31 @@ def test_claims_by_queue_jump_over_other_queues_backlogs(app, db, schema, plan_c
         sql.Identifier(schema, "queues")))
     db.execute(sql.SQL("ANALYZE {}").format(jobs))
     db.commit()
-    db.execute(sql.SQL("SET plan_cache_mode = {}").format(sql.Identifier(plan_cache_mode)))
     params = dict(limit=50, lease_seconds=30.0, worker_id="w1", now=None,
                   queues=["open", "paused"])
 
     def buffers(statement: str) -> int:
+        # As the worker runs it: a server-side prepared statement (plan_cache_mode then
+        # decides between the generic plan and one planned for these values).
+        names: list[str] = []
+
+        def numbered(match: re.Match[str]) -> str:
+            if match.group(1) not in names:
+                names.append(match.group(1))
+            return f"${names.index(match.group(1)) + 1}"
+
+        text = re.sub(r"%\((\w+)\)s", numbered, app.sql.of(statement).as_string(db))
         try:
-            plan = db.execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ")
-                              + app.sql.of(statement), params).fetchone()[0][0]["Plan"]
+            db.execute(sql.SQL("SET LOCAL plan_cache_mode = {}").format(
+                sql.Identifier(plan_cache_mode)))
+            db.execute("PREPARE claim_under_test AS " + text)
+            plan = db.execute(sql.SQL(
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim_under_test ({})"
+            ).format(sql.SQL(", ").join(sql.Literal(params[name]) for name in names))
+            ).fetchone()[0][0]["Plan"]
         finally:
+            db.rollback()
+            db.execute("DEALLOCATE ALL")  # PREPARE is not undone by the rollback
             db.rollback()
         # The picking (CTE `picked`), not the UPDATE both statements share.
         picked = next(p for p in plan["Plans"] if p.get("Subplan Name") == "CTE picked")
