@@ -18,7 +18,6 @@ from .payload import DEFAULT_MAX_ARGS_BYTES
 from .plan import arun, run
 from .sql import Statements, statements
 from .task import Backoff, JobSpec, Task, validate_max_attempts, validate_queue
-from .tracing import get_tracer
 
 if TYPE_CHECKING:
     from .jobinfo import JobInfo
@@ -82,7 +81,7 @@ class App:
         )
         self._enqueuer = Enqueuer(self.sql, self.limits,
                                   enqueue_instruments(self.meter_provider),
-                                  get_tracer(self.tracer_provider), self.tracer_provider)
+                                  self.tracer_provider)
 
     @property
     def database_url(self) -> str:

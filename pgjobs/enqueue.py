@@ -23,7 +23,7 @@ from .metrics import EnqueueInstruments
 from .plan import Copy, Execute, Plan, arun, run
 from .sql import Statements
 from .task import JobSpec
-from .tracing import TracingSwitch, send_span
+from .tracing import TracingSwitch, get_tracer, send_span
 
 # COPY runs in text format, so args and trace_context (jsonb columns) go as the JSON
 # text Task.job() made and validated: a Jsonb wrapper per row would only pass the same
@@ -40,12 +40,11 @@ class Enqueuer:
     """Writes jobs on the caller's connection; never commits, never opens a connection."""
 
     def __init__(self, statements: Statements, limits: PendingLimits,
-                 instruments: EnqueueInstruments, tracer: Any,
-                 tracer_provider: Any | None = None) -> None:
+                 instruments: EnqueueInstruments, tracer_provider: Any | None) -> None:
         self._sql = statements
         self._limits = limits
         self._instruments = instruments
-        self._tracer = tracer
+        self._tracer = get_tracer(tracer_provider)
         self._tracing = TracingSwitch(tracer_provider)
 
     # --- the two faces ------------------------------------------------------------------

@@ -254,7 +254,7 @@ class JobStore:
         cur = conn.cursor(row_factory=args_row(ClaimedJob))
         return cur.execute(statement, params, prepare=self.prepare).fetchall()
 
-    def paused_backlog(self, conn: Conn, *, enough: int = 1000) -> bool:
+    def paused_backlog(self, conn: Conn, *, enough: int) -> bool:
         """Whether paused queues hold at least ``enough`` due jobs (read in bounded time)."""
         row = conn.execute(self._q(S.PAUSED_BACKLOG), {"enough": enough},
                            prepare=self.prepare).fetchone()

@@ -285,19 +285,30 @@ def process_drain(cfg: argparse.Namespace, fresh_schema: FreshSchema, n: int,
     label = f"pd{processes}c{concurrency}" if concurrency else f"ref{processes}"
     with fresh_schema(url, label) as schema:
         _fill(url, schema, n)
-        env = {**os.environ, "PGJOBS_DATABASE_URL": url, "PGJOBS_SCHEMA": schema,
-               "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
         if concurrency is None:
             cmds = [[sys.executable, "-c", REFERENCE_LOOP, url, schema]] * processes
         else:
             cmds = [[sys.executable, "-m", "pgjobs", "work", "bench_throughput:app",
                      "--processes", str(processes), "--concurrency", str(concurrency),
                      "--log-level", "warning"]]
-        procs = [subprocess.Popen(c, env=env, stdin=subprocess.DEVNULL) for c in cmds]
-        try:
-            return _time_drain(url, schema, n, procs, cfg.drain_timeout or 60)
-        finally:
-            _stop(procs)
+        return _run_drain(cfg, schema, n, cmds)
+
+
+def _run_drain(cfg: argparse.Namespace, schema: str, n: int, cmds: list[list[str]],
+               checkout: str | None = None, queue: str | None = None) -> tuple[float, bool]:
+    """Start ``cmds`` on ``schema`` (pgjobs from ``checkout`` if given), time the drain
+    of ``n`` jobs (of ``queue``), stop them."""
+    url = cfg.database_url
+    path = [checkout] if checkout else []
+    env = {**os.environ, "PGJOBS_DATABASE_URL": url, "PGJOBS_SCHEMA": schema,
+           "PYTHONPATH": os.pathsep.join([*path, str(HERE), os.environ.get("PYTHONPATH", "")])}
+    # `python -m` puts the working directory first on sys.path: run in the checkout.
+    procs = [subprocess.Popen(c, env=env, stdin=subprocess.DEVNULL, cwd=checkout)
+             for c in cmds]
+    try:
+        return _time_drain(url, schema, n, procs, cfg.drain_timeout or 60, queue=queue)
+    finally:
+        _stop(procs)
 
 
 def bench_process_drains(cfg: argparse.Namespace, report: Any,
@@ -353,20 +364,11 @@ def backlog_drain(cfg: argparse.Namespace, fresh_schema: FreshSchema, n: int, ot
                 conn.execute(sql.SQL("INSERT INTO {} (name, paused) VALUES (%s, true)")
                              .format(sql.Identifier(schema, "queues")), [OTHER_QUEUE])
         _fill(url, schema, n)  # and VACUUM (ANALYZE)
-        path = [checkout] if checkout else []
-        env = {**os.environ, "PGJOBS_DATABASE_URL": url, "PGJOBS_SCHEMA": schema,
-               "PYTHONPATH": os.pathsep.join(
-                   [*path, str(HERE), os.environ.get("PYTHONPATH", "")])}
         cmd = [sys.executable, "-m", "pgjobs", "work", "bench_throughput:app",
                "--concurrency", "50", "--log-level", "warning"]
         if case == "named":
             cmd += ["--queues", QUEUE]
-        # `python -m` puts the working directory first on sys.path: run in the checkout.
-        procs = [subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, cwd=checkout)]
-        try:
-            return _time_drain(url, schema, n, procs, cfg.drain_timeout or 60, queue=QUEUE)
-        finally:
-            _stop(procs)
+        return _run_drain(cfg, schema, n, [cmd], checkout=checkout, queue=QUEUE)
 
 
 def bench_other_backlogs(cfg: argparse.Namespace, report: Any,
