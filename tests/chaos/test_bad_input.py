@@ -542,6 +542,67 @@ def test_nan_and_infinity_raise_type_error_naming_the_argument(app, conn, db, sc
     assert count(db, schema, "jobs") == 1
 
 
+def _circular() -> list[Any]:
+    loop: list[Any] = []
+    loop.append(loop)
+    return loop
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(("bad", "why"), [(_circular(), "Circular reference"),
+                                          (_nested(5000), "nested too deeply")],
+                         ids=["circular", "too-deep"])
+def test_circular_and_too_deep_args_raise_type_error_naming_the_argument(
+        app, conn, db, schema, bad, why):
+    """Both used to escape as a bare RecursionError (or would, with the reused encoder)."""
+    t = app.task(name="t")(_noop)
+    for enqueue in (lambda: t.enqueue(conn, fine=1, bad=bad),
+                    lambda: app.enqueue_many(conn, [t.job(fine=1, bad=bad)])):
+        with pytest.raises(TypeError) as error:
+            enqueue()
+        message = str(error.value)
+        assert "'bad'" in message and "'fine'" not in message and why in message, message
+    t.enqueue(conn, fine=1)
+    conn.commit()
+    assert count(db, schema, "jobs") == 1
+
+
+def test_text_that_spells_a_nul_escape_is_not_a_nul(app, conn, db, schema):
+    """BUG: the NUL check matched the JSON of the text \\u0000 (a backslash, then "u0000",
+    as in a Windows path) and refused it as a NUL character."""
+    t = app.task(name="t")(_noop)
+    job_id = t.enqueue(conn, path="C:\\u0000\\x", backslash="\\")
+    conn.commit()
+    row = db.execute(sql.SQL("SELECT args FROM {} WHERE id = %s").format(
+        sql.Identifier(schema, "jobs")), [job_id]).fetchone()
+    assert row is not None and row[0] == {"path": "C:\\u0000\\x", "backslash": "\\"}
+    with pytest.raises(ValueError, match=r"'nul'.*NUL character"):
+        t.enqueue(conn, path="C:\\u0000", nul="\\\x00")
+
+
+_JSON_TEXT = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)),
+                     max_size=8)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | _JSON_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_JSON_TEXT, inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(args=st.dictionaries(_JSON_TEXT, _JSON, max_size=5))
+def test_args_are_encoded_exactly_as_the_json_module_does(args):
+    """dump_args reuses one C encoder: its text must be json.dumps' own, byte for byte."""
+    expected = json.dumps(args, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    assert dump_args("t", args, DEFAULT_MAX_ARGS_BYTES) == expected
+
+
 def test_cli_rejects_nan_and_infinity_with_one_line(pg_url, schema, db):
     env = cli_env(pg_url, schema)
     variants = ['{"x": NaN}', '{"x": Infinity}', '{"x": -Infinity}',
