@@ -104,7 +104,7 @@ PRIVILEGES: dict[str, tuple[Grant, ...]] = {
         ("SELECT", "jobs", ("id", "queue", "state", "unique_key")),
         ("SELECT", "queues", _QUEUE_LIMIT_COLUMNS),
         ("USAGE", "jobs_id_seq", None),
-        # Enqueue notifies only while a fetcher waits (wake_waiting_fetchers reads this).
+        # Read by 0005's wake_waiting_fetchers; kept while a schema may be downgraded.
         ("SELECT", "waiting_fetchers", None),
         *_CANCEL,
         *_READ_STATUS,
@@ -136,7 +136,7 @@ PRIVILEGES: dict[str, tuple[Grant, ...]] = {
         ("INSERT", "job_results", None),
         ("UPDATE", "job_results", ("result", "finished_at", "expires_at")),
         ("DELETE", "job_results", None),
-        # A fetcher going to wait says so (and enqueues it wakes run as the app role).
+        # Workers before 0006 advertise waiting here (retention prunes their rows).
         ("SELECT", "waiting_fetchers", None),
         ("INSERT", "waiting_fetchers", ("worker_id", "queues")),
         ("DELETE", "waiting_fetchers", None),

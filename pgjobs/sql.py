@@ -34,12 +34,12 @@ WITH inserted AS (
 SELECT id, pg_notify(%(channel)s, %(queue)s) FROM inserted
 """
 
-# The same insert, waking only fetchers that wait for a NOTIFY (migration 0005): a
+# The same insert, waking only fetchers that wait for a NOTIFY (migrations 0005, 0006): a
 # pending NOTIFY takes PostgreSQL's global notify lock through commit, so notifying
 # commits cannot group-commit; while every fetcher is busy, none is sent. The function
-# takes a shared advisory lock (held until our commit) before it reads
-# waiting_fetchers, which closes the race with a fetcher that is just going to wait
-# (see MARK_FETCHER_WAITING).
+# (inlined by PostgreSQL: one expression over advisory locks) takes the wake-up key
+# shared until our commit, then looks for a waiting fetcher's lock; that closes the race
+# with a fetcher that is just going to wait (see TRY_WAKE_KEY).
 ENQUEUE_WAKE = """
 WITH inserted AS (
     INSERT INTO {schema}.jobs
@@ -316,26 +316,44 @@ WITH picked AS (
           WHERE q <> ALL(ARRAY(SELECT name FROM {schema}.queues WHERE paused))) AS wanted(queue)
 """ + _CLAIM_BY_QUEUE  # noqa: S608 (constant texts; no value is formatted in)
 
-# A fetcher about to wait for a NOTIFY says so (its row makes enqueues notify), then
-# tries the wake-up key exclusively. Granted, no enqueue transaction that read
-# waiting_fetchers before this row committed is still open (each holds the key shared
-# until it ends), so the fetcher's next claim sees all their jobs, and every later one
-# sees the row and notifies. Refused (an enqueue is in flight), the fetcher claims again
-# shortly and tries again. A try-lock, so it never queues enqueues behind a long
-# transaction. Returns whether the key was granted.
-MARK_FETCHER_WAITING = """
-WITH waiting AS (
-    INSERT INTO {schema}.waiting_fetchers (worker_id, queues)
-    VALUES (%(worker_id)s, %(queues)s::text[])
-    ON CONFLICT (worker_id) DO NOTHING
-    RETURNING 1
-)
-SELECT pg_try_advisory_xact_lock(%(wake_key)s), (SELECT count(*) FROM waiting)
+# A fetcher about to wait for a NOTIFY: its listener holds the waiting locks (below),
+# then the fetcher tries the wake-up key exclusively. Granted, no enqueue transaction
+# that found nobody waiting is still open (each holds the key shared until it ends), so
+# the fetcher's next claim sees all their jobs, and every later enqueue sees the locks
+# and notifies. Refused (an enqueue is in flight), the fetcher claims again shortly and
+# tries again. A try-lock in its own transaction, so it never queues enqueues behind it.
+TRY_WAKE_KEY = """
+SELECT pg_try_advisory_xact_lock(%(wake_key)s)
 """
 
-# A full claim: the fetcher is busy, enqueues need not wake it.
-UNMARK_FETCHER_WAITING = """
-DELETE FROM {schema}.waiting_fetchers WHERE worker_id = %(worker_id)s
+# The waiting locks, held shared on the LISTEN connection while its fetcher waits (see
+# wake_waiting_fetchers, migration 0006): one per queue served, or key 0 for all queues.
+# Try-locks: an enqueue probing a key holds it exclusively for an instant; refused, the
+# fetcher claims again shortly. DISTINCT: two queues whose hashes collide share a key.
+# Both statements start with a comment: in pg_stat_activity the LISTEN connection shows
+# either "LISTEN …" or "/* pgjobs listener … */ …" as its last query.
+HOLD_WAITING_LOCKS = """/* pgjobs listener: a fetcher waits */
+SELECT bool_and(pg_try_advisory_lock_shared((%(wake_key)s::bigint >> 32)::int, k))
+FROM unnest(CASE WHEN %(queues)s::text[] IS NULL THEN ARRAY[0]
+            ELSE ARRAY(SELECT DISTINCT hashtext(q) FROM unnest(%(queues)s::text[]) AS q)
+            END) AS k
+"""
+
+# The fetcher is busy again (or some waiting lock was refused): enqueues need not wake
+# it. The LISTEN connection holds no other session advisory locks.
+RELEASE_WAITING_LOCKS = """/* pgjobs listener: the fetcher is busy */
+SELECT pg_advisory_unlock_all()
+"""
+
+# Who waits for a NOTIFY now: the application names of the connections holding waiting
+# locks of this schema (in lock tags, the first key is an unsigned oid).
+WAITING_LISTENERS = """
+SELECT a.application_name
+FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.mode = 'ShareLock' AND l.granted
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid::bigint = (%(wake_key)s::bigint >> 32) & 4294967295
+ORDER BY 1
 """
 
 # When the next scheduled job becomes due, so an idle fetcher sleeps exactly that long.
@@ -1201,7 +1219,7 @@ class Statements:
 
     @property
     def wake_key(self) -> int:
-        """The advisory lock key of this schema's wake-ups (see MARK_FETCHER_WAITING)."""
+        """The advisory lock key of this schema's wake-ups (see TRY_WAKE_KEY)."""
         return wake_key_for(self.schema)
 
     @property

@@ -274,23 +274,40 @@ class JobStore:
             return None
         return float(row[0].total_seconds())
 
-    def mark_fetcher_waiting(self, conn: Conn, *, worker_id: str,
-                             queues: Sequence[str] | None) -> bool:
-        """Advertise that this fetcher waits for a NOTIFY (autocommit connection).
+    def try_wake_key(self, conn: Conn) -> bool:
+        """The last step before a fetcher waits for a NOTIFY (autocommit connection).
 
-        True when the wake-up key was granted: every enqueue that did not see the mark
-        has committed, so one more claim finds its jobs. False: claim again shortly and
-        mark again (see ``sql.MARK_FETCHER_WAITING``)."""
-        row = conn.execute(self._q(S.MARK_FETCHER_WAITING),
-                           {"worker_id": worker_id,
-                            "queues": list(queues) if queues is not None else None,
-                            "wake_key": self.sql.wake_key}, prepare=self.prepare).fetchone()
+        True when the wake-up key was granted: every enqueue that did not see this
+        fetcher's waiting locks has committed, so one more claim finds its jobs. False:
+        claim again shortly and try again (see ``sql.TRY_WAKE_KEY``)."""
+        row = conn.execute(self._q(S.TRY_WAKE_KEY), {"wake_key": self.sql.wake_key},
+                           prepare=self.prepare).fetchone()
         return bool(row and row[0])
 
-    def unmark_fetcher_waiting(self, conn: Conn, *, worker_id: str) -> None:
-        """This fetcher is busy: enqueues need not notify it."""
-        conn.execute(self._q(S.UNMARK_FETCHER_WAITING), {"worker_id": worker_id},
-                     prepare=self.prepare)
+    def hold_waiting_locks(self, conn: Conn, *, queues: Sequence[str] | None) -> bool:
+        """Take the session locks that make enqueues to ``queues`` (None: all) notify.
+
+        On the LISTEN connection, so they end with it. False when one was refused (an
+        enqueue probing it at that instant): none is held then."""
+        row = conn.execute(self._q(S.HOLD_WAITING_LOCKS),
+                           {"wake_key": self.sql.wake_key,
+                            "queues": list(queues) if queues is not None else None},
+                           prepare=False).fetchone()
+        if row and row[0]:
+            return True
+        self.release_waiting_locks(conn)
+        return False
+
+    def waiting_listeners(self, conn: Conn) -> list[str]:
+        """Application names of the LISTEN connections whose fetchers wait for a NOTIFY
+        (``pgjobs worker <id>``), one per waiting lock."""
+        rows = conn.execute(self._q(S.WAITING_LISTENERS), {"wake_key": self.sql.wake_key},
+                            prepare=False).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def release_waiting_locks(self, conn: Conn) -> None:
+        """Enqueues need not notify this connection's fetcher any more."""
+        conn.execute(self._q(S.RELEASE_WAITING_LOCKS), prepare=False)
 
     # --- outcomes ------------------------------------------------------------------------
 

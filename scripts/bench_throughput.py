@@ -9,9 +9,11 @@ report) are bench.py's. What each number means:
     ``insert_notify`` the same INSERT with ``pg_notify`` (what any notifying enqueue pays:
     PostgreSQL's global notify lock through commit, no group commit); ``pgjobs`` the
     enqueue while no fetcher waits (workers busy, or none); ``pgjobs_waiting`` the same
-    while a fetcher waits (every enqueue notifies); ``legacy`` the pre-0005 statement
-    (always notifies), the before-figure in the same run. ``pgjobs_vs_tx_insert`` has the
-    target (>= 0.80).
+    while a fetcher waits (every enqueue notifies); ``pgjobs_0005`` the enqueue with
+    migration 0005's wake function (a PL/pgSQL read of ``waiting_fetchers``, replaced by
+    0006's advisory-lock probe), no fetcher waiting; ``legacy`` the pre-0005 statement
+    (always notifies): the before-figures in the same run. ``pgjobs_vs_tx_insert`` has
+    the target (>= 0.80).
 ``drain.other_backlog.{paused,named}``: jobs/s of ``pgjobs work --concurrency 50``
     draining ``--process-drain-n`` jobs while ``--other-backlog-n`` (100,000) older due
     jobs of another queue come first in the claim index: that queue paused (an all-queue
@@ -28,6 +30,7 @@ report) are bench.py's. What each number means:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import subprocess
@@ -44,6 +47,7 @@ from psycopg import sql
 
 import pgjobs
 import pgjobs.sql as pgsql
+from pgjobs.store import JobStore
 
 HERE = Path(__file__).resolve().parent
 QUEUE = "bench"
@@ -117,14 +121,18 @@ def bench_concurrent_enqueue(cfg: argparse.Namespace, report: Any,
     n_total -= n_total % n_threads
     print(f"\n== concurrent enqueue: {n_threads} connections, {n_total:,} single-row "
           f"transactions per variant per round, {cfg.rounds} rounds", flush=True)
-    variants = ("tx_insert", "insert_notify", "pgjobs", "pgjobs_waiting", "legacy")
-    with _schemas(fresh_schema, url, variants) as schemas:
+    variants = ("tx_insert", "insert_notify", "pgjobs", "pgjobs_waiting", "pgjobs_0005",
+                "legacy")
+    with _schemas(fresh_schema, url, variants) as schemas, \
+            psycopg.connect(url, autocommit=True) as waiter:
         apps = {v: pgjobs.App(url, schema=schemas[v]) for v in variants}
         tasks = {v: apps[v].task(name=TASK, queue=QUEUE)(_noop) for v in variants}
+        # A fetcher waiting on the pgjobs_waiting schema: its waiting lock, held here.
+        assert JobStore(apps["pgjobs_waiting"].sql).hold_waiting_locks(waiter, queues=None)
         with psycopg.connect(url, autocommit=True) as admin:
-            admin.execute(sql.SQL("INSERT INTO {} (worker_id) VALUES ('bench')")
-                          .format(sql.Identifier(schemas["pgjobs_waiting"],
-                                                 "waiting_fetchers")))
+            for statement in _wake_function_0005():
+                admin.execute(sql.SQL(statement).format(  # type: ignore[arg-type]
+                    schema=sql.Identifier(schemas["pgjobs_0005"])))
             insert = {v: sql.SQL("INSERT INTO {} (queue, task, args) VALUES (%s, %s, %s::jsonb)"
                                  ).format(sql.Identifier(schemas[v], "jobs")).as_string(admin)
                       for v in ("tx_insert",)}
@@ -166,8 +174,8 @@ def bench_concurrent_enqueue(cfg: argparse.Namespace, report: Any,
     for v in variants:
         report.add(f"enqueue.concurrent.{v}", med[v], "tx/s",
                    per_round=[round(x, 1) for x in rates[v]], **common)
-    for v, target in (("pgjobs", 0.80), ("pgjobs_waiting", None), ("legacy", None),
-                      ("insert_notify", None)):
+    for v, target in (("pgjobs", 0.80), ("pgjobs_waiting", None), ("pgjobs_0005", None),
+                      ("legacy", None), ("insert_notify", None)):
         report.add(f"enqueue.concurrent.{v}_vs_tx_insert", med[v] / med["tx_insert"], "ratio",
                    target_min=target,
                    per_round=[round(a / b, 3) for a, b in zip(rates[v], rates["tx_insert"],
@@ -176,6 +184,17 @@ def bench_concurrent_enqueue(cfg: argparse.Namespace, report: Any,
 
 def _noop(i: int) -> None:
     return None
+
+
+def _wake_function_0005() -> list[str]:
+    """Migration 0005's wake function (0006's downgrade restores it), for a same-run
+    before/after of 0006."""
+    path = HERE.parent / "alembic" / "versions" / "0006_wake_locks.py"
+    spec = importlib.util.spec_from_file_location("pgjobs_migration_0006", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.DOWNGRADE)
 
 
 class _schemas:

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 import pgjobs
 from pgjobs import backpressure
+from pgjobs.store import JobStore
 
 from .conftest import count
 
@@ -225,9 +226,6 @@ def test_aenqueue_many_ids_in_order_with_duplicates_and_unique_keys(kind, app, p
 @pytest.mark.parametrize("kind", KINDS)
 def test_notify_once_per_queue_per_transaction(kind, app, pg_url, schema):
     deliver, flaky = _tasks(app)
-    with psycopg.connect(pg_url, autocommit=True) as db:  # stand in for a waiting fetcher
-        db.execute(sql.SQL("INSERT INTO {}.waiting_fetchers (worker_id) VALUES ('test')")
-                   .format(sql.Identifier(schema)))
 
     async def scenario() -> None:
         async with connect(kind, pg_url) as h:
@@ -238,7 +236,10 @@ def test_notify_once_per_queue_per_transaction(kind, app, pg_url, schema):
             await app.aenqueue_many(h.conn, [deliver.job(event_id="m", body={})] * 3)
             await h.commit()
 
-    with psycopg.connect(pg_url, autocommit=True) as listener:
+    with psycopg.connect(pg_url, autocommit=True) as waiter, \
+            psycopg.connect(pg_url, autocommit=True) as listener:
+        # Stand in for a waiting fetcher: hold its waiting locks.
+        assert JobStore(app.sql).hold_waiting_locks(waiter, queues=None)
         listener.execute(app.sql.listen)
         asyncio.run(scenario())
         # A probe after the commit: once it arrives, everything before it has too.

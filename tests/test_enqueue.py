@@ -8,6 +8,9 @@ import json
 import math
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 import pytest
@@ -19,6 +22,7 @@ from sqlalchemy.orm import Session
 import pgjobs
 import pgjobs.sql as pgsql
 from pgjobs import admin, migrate
+from pgjobs.store import JobStore
 
 from .conftest import count
 
@@ -270,10 +274,14 @@ def test_enqueue_many_refuses_non_jobs(app, conn):
     assert app.enqueue_many(conn, []) == []
 
 
-def _pretend_a_fetcher_waits(db, schema, queues=None):
-    """Enqueue notifies only while a fetcher waits (migration 0005): stand in for one."""
-    db.execute(sql.SQL("INSERT INTO {}.waiting_fetchers (worker_id, queues) VALUES (%s, %s)")
-               .format(sql.Identifier(schema)), ["test-listener", queues])
+@contextmanager
+def _a_fetcher_waits(pg_url: str, app: pgjobs.App, queues: list[str] | None = None
+                     ) -> Iterator[psycopg.Connection[Any]]:
+    """Enqueue notifies only while a fetcher waits (migration 0006): stand in for one, by
+    holding its waiting locks on a connection of our own."""
+    with psycopg.connect(pg_url, autocommit=True) as waiter:
+        assert JobStore(app.sql).hold_waiting_locks(waiter, queues=queues)
+        yield waiter
 
 
 def _heard(listener, app):
@@ -298,21 +306,24 @@ def test_no_notify_while_no_fetcher_waits(app, pg_url, conn, db, schema):
         app.enqueue_many(conn, [deliver.job(event_id="m", body={})] * 3)
         conn.commit()
         assert _heard(listener, app) == []
-        _pretend_a_fetcher_waits(db, schema, ["elsewhere"])
-        deliver.enqueue(conn, event_id="2", body={})
+        with _a_fetcher_waits(pg_url, app, ["elsewhere"]):
+            deliver.enqueue(conn, event_id="2", body={})
+            conn.commit()
+            assert _heard(listener, app) == []
+        with _a_fetcher_waits(pg_url, app, ["elsewhere", "webhooks"]):
+            deliver.enqueue(conn, event_id="3", body={})
+            conn.commit()
+            assert _heard(listener, app) == ["webhooks"]
+        # Its locks end with its connection: nobody waits any more.
+        deliver.enqueue(conn, event_id="4", body={})
         conn.commit()
         assert _heard(listener, app) == []
-        db.execute(sql.SQL("UPDATE {}.waiting_fetchers SET queues = %s")
-                   .format(sql.Identifier(schema)), [["elsewhere", "webhooks"]])
-        deliver.enqueue(conn, event_id="3", body={})
-        conn.commit()
-        assert _heard(listener, app) == ["webhooks"]
 
 
 def test_notify_once_per_queue_per_transaction(app, pg_url, conn, db, schema):
     deliver, flaky = _tasks(app)
-    _pretend_a_fetcher_waits(db, schema)
-    with psycopg.connect(pg_url, autocommit=True) as listener:
+    with _a_fetcher_waits(pg_url, app), \
+            psycopg.connect(pg_url, autocommit=True) as listener:
         listener.execute(app.sql.listen)
         for i in range(5):
             deliver.enqueue(conn, event_id=str(i), body={})
@@ -426,8 +437,8 @@ def test_unique_key_reinsert_notifies_traces_and_counts_like_the_first_insert(pg
     with psycopg.connect(pg_url) as c:
         holder = deliver.options(unique_key="k").enqueue(c, event_id="holder", body={})
         c.commit()
-    _pretend_a_fetcher_waits(db, schema)
-    with psycopg.connect(pg_url, autocommit=True) as listener, \
+    with _a_fetcher_waits(pg_url, app), \
+            psycopg.connect(pg_url, autocommit=True) as listener, \
             RaceConnection.connect(pg_url) as conn:
         listener.execute(app.sql.listen)
         # Insert conflicts with the holder, which finishes before the look-up: the job

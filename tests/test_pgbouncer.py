@@ -190,7 +190,8 @@ def test_listen_direct_while_claims_go_through_pgbouncer(pgbouncer, sample_app, 
                                30, message="worker id").group(1)
         wait_until(lambda: db.execute(
             "SELECT 1 FROM pg_stat_activity WHERE application_name = %s "
-            "AND query ILIKE 'LISTEN%%'", [f"pgjobs worker {worker_id}"[:63]]).fetchone(),
+            "AND (query LIKE 'LISTEN %%' OR query LIKE '/* pgjobs listener%%')",
+            [f"pgjobs worker {worker_id}"[:63]]).fetchone(),
             30, message="the worker's LISTEN on a direct connection")
         ids: list[int] = []
         for _ in range(3):  # each round found by its NOTIFY, not by the poll

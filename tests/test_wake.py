@@ -1,4 +1,5 @@
-"""Enqueue notifies only while a fetcher waits (migration 0005), and never strands a job.
+"""Enqueue notifies only while a fetcher waits (migrations 0005, 0006), and never strands
+a job.
 
 Every worker here polls once a minute: a job found later than a few seconds after its
 commit would have waited for the poll, i.e. it was stranded by a missed wake-up.
@@ -17,6 +18,8 @@ import pytest
 from psycopg import sql
 
 import pgjobs
+from pgjobs.sql import Statements
+from pgjobs.store import JobStore
 
 from .workers import wait_until
 
@@ -25,8 +28,9 @@ PROMPT = 10.0  # far below LONG_POLL, generous for a loaded CI machine
 
 
 def _waiting(db: psycopg.Connection[Any], schema: str) -> list[str]:
-    return [r[0] for r in db.execute(sql.SQL("SELECT worker_id FROM {}").format(
-        sql.Identifier(schema, "waiting_fetchers"))).fetchall()]
+    """Ids of the workers whose LISTEN connection holds a waiting lock."""
+    store = JobStore(Statements(schema))
+    return [name.removeprefix("pgjobs worker ") for name in store.waiting_listeners(db)]
 
 
 def _pending_or_running(db: psycopg.Connection[Any], schema: str) -> int:
@@ -65,7 +69,7 @@ def test_idle_worker_advertises_and_is_woken_by_notify(app, pg_url, schema, db):
     worker = app.worker(concurrency=2, install_signal_handlers=False, poll_interval=LONG_POLL)
     with _Running(worker):
         wait_until(lambda: _waiting(db, schema) == [worker.id], 30,
-                   message="the idle fetcher's waiting row")
+                   message="the idle fetcher's waiting lock")
         for i in range(5):
             with psycopg.connect(pg_url) as conn:
                 record.enqueue(conn)
@@ -74,11 +78,11 @@ def test_idle_worker_advertises_and_is_woken_by_notify(app, pg_url, schema, db):
             wait_until(lambda i=i: len(done) > i, PROMPT, interval=0.005,
                        message="the job picked up by NOTIFY, not by the minute's poll")
             assert done[i] - committed < PROMPT
-    assert _waiting(db, schema) == []  # a stopping fetcher removes its row
+    assert _waiting(db, schema) == []  # a stopped worker's locks are gone
 
 
 def test_busy_worker_is_not_notified_and_still_finds_every_job(app, pg_url, schema, db):
-    # While the fetcher's claims come back full, no row: enqueues skip the NOTIFY (and
+    # While the fetcher's claims come back full, no lock: enqueues skip the NOTIFY (and
     # its global lock), and the fetcher finds the jobs by claiming again.
     release = threading.Event()
 
@@ -94,7 +98,7 @@ def test_busy_worker_is_not_notified_and_still_finds_every_job(app, pg_url, sche
     try:
         with _Running(worker):
             wait_until(lambda: _waiting(db, schema) == [] and worker.fetcher.claims > 0, 30,
-                       message="a busy fetcher without a waiting row")
+                       message="a busy fetcher without a waiting lock")
             with psycopg.connect(pg_url, autocommit=True) as listener:
                 listener.execute(app.sql.listen)
                 with psycopg.connect(pg_url) as conn:
@@ -197,3 +201,56 @@ def test_no_job_stranded_by_concurrent_enqueues_and_a_flapping_fetcher(app, pg_u
         assert time.monotonic() - last_commit < PROMPT * 2
     assert sorted(done) == sorted(p * 1000 + i for p in range(producers)
                                   for i in range(per_producer))
+
+
+def test_a_replaced_listen_connection_takes_the_waiting_locks_along(app, pg_url, schema, db):
+    # The waiting locks live on the LISTEN connection: when it dies, enqueues stop
+    # notifying the fetcher; the listener reconnects, the fetcher claims and waits
+    # again with new locks, and a job enqueued then is picked up by NOTIFY.
+    done: list[int] = []
+
+    @app.task(name="wake.after_reconnect")
+    def record(n: int) -> None:
+        done.append(n)
+
+    worker = app.worker(concurrency=2, install_signal_handlers=False, poll_interval=LONG_POLL)
+    with _Running(worker):
+        wait_until(lambda: _waiting(db, schema) == [worker.id], 30,
+                   message="the idle fetcher's waiting lock")
+        listener = worker.listener
+        assert listener is not None
+        first = listener.reconnects
+        holder = listener.conn.info.backend_pid if listener.conn is not None else None
+        assert holder is not None
+        assert db.execute("SELECT pg_terminate_backend(%s)", [holder]).fetchone() == (True,)
+        wait_until(lambda: listener.reconnects > first and _waiting(db, schema) == [worker.id],
+                   30, message="the listener back, and the fetcher waiting again")
+        with psycopg.connect(pg_url) as conn:
+            record.enqueue(conn, n=1)
+            conn.commit()
+        wait_until(lambda: done == [1], PROMPT, interval=0.005,
+                   message="the job picked up by NOTIFY, not by the minute's poll")
+
+
+def test_enqueues_leave_no_advisory_lock_behind(app, pg_url, schema, db):
+    # An enqueue probes the waiting locks with session try-locks and lets go at once;
+    # a leaked one would make every later enqueue notify (and block nobody), so check
+    # the producer's connection holds none after commit, waiter or not.
+    @app.task(name="wake.probe")
+    def probe(n: int) -> None: ...
+
+    store = JobStore(app.sql)
+    with psycopg.connect(pg_url, autocommit=True) as waiter, psycopg.connect(pg_url) as conn:
+        pid = conn.info.backend_pid
+        for waiting in (False, True, False):
+            if waiting:
+                assert store.hold_waiting_locks(waiter, queues=["default", "other"])
+            else:
+                store.release_waiting_locks(waiter)
+            probe.enqueue(conn, n=1)
+            app.enqueue_many(conn, [probe.job(n=2), probe.options(queue="other").job(n=3)])
+            conn.commit()
+            held = db.execute("SELECT count(*) FROM pg_locks WHERE pid = %s "
+                              "AND locktype = 'advisory'", [pid]).fetchone()
+            assert held == (0,), waiting
+        assert store.waiting_listeners(db) == []

@@ -27,8 +27,9 @@ POLL_JITTER = 0.2
 # busy while the completer flushes, small enough that a stalled completer cannot leave
 # tens of thousands of jobs leased (and the completion statement slow) behind it.
 MAX_UNWRITTEN_BACKLOG = 1000
-# A fetcher going to wait while an enqueue transaction is in flight claims again after
-# this long, doubling up to the poll interval, until the wake-up key is granted.
+# A fetcher going to wait while an enqueue transaction is in flight (or while an enqueue
+# probes a waiting lock) claims again after this long, doubling up to the poll interval,
+# until its waiting locks and the wake-up key are granted.
 MARK_RETRY_MIN = 0.005
 # How often an all-queue fetcher looks whether paused queues hold a backlog, to pick
 # the claim that jumps over it (sql.CLAIM_ANY_QUEUE_PAUSED_BACKLOG) only while they do.
@@ -43,6 +44,17 @@ class JobSink(Protocol):
     the coroutine executor (worker/aexecutor.py)."""
 
     def put(self, job: ClaimedJob, /) -> None: ...
+
+
+class WaitingLocks(Protocol):
+    """The locks that make enqueues notify this fetcher, held on the LISTEN connection
+    (worker/listener.py): a generation names the connection that holds them."""
+
+    def hold_waiting_locks(self) -> int | None: ...
+
+    def release_waiting_locks(self) -> None: ...
+
+    def holds_waiting_locks(self, generation: int) -> bool: ...
 
 
 class Fetcher(ThreadService):
@@ -85,17 +97,26 @@ class Fetcher(ThreadService):
         self._more_likely = True  # claim at start-up
         self._next_poll = 0.0
         self.claims = 0
-        # Enqueues notify only while some fetcher waits (its waiting_fetchers row), so a
-        # fetcher that finds too little says so before it relies on NOTIFYs; a
-        # --poll-only fetcher never relies on them.
-        self._advertise = not settings.poll_only
-        self._waiting = False     # our waiting_fetchers row may exist
-        self._confirmed = False   # ...and the wake-up key was granted after it committed
+        # Enqueues notify only while some fetcher waits (holds its waiting locks), so a
+        # fetcher that finds too little says so before it relies on NOTIFYs; without a
+        # listener (--poll-only) it never relies on them.
+        self._waiting_locks: WaitingLocks | None = None
+        self._waiting = False     # our waiting locks may be held
+        self._confirmed = False   # ...and the wake-up key was granted after they were
         self._mark_retry = MARK_RETRY_MIN
         self._jump_paused = False
         self._paused_checked_at = float("-inf")
 
+    def use_waiting_locks(self, locks: WaitingLocks) -> None:
+        """Wait for NOTIFYs, advertised by ``locks`` (the listener); before it starts."""
+        self._waiting_locks = locks
+
     # --- signals from the other parts ----------------------------------------------------
+
+    def waiting_lost(self) -> None:
+        """The LISTEN connection was replaced: our waiting locks went with it."""
+        with self._cv:
+            self._waiting = self._confirmed = False
 
     def wake(self) -> None:
         """Work may be waiting (a NOTIFY for our queues, or LISTEN just reconnected)."""
@@ -157,7 +178,7 @@ class Fetcher(ThreadService):
                 log.exception("fetcher: unexpected error; retrying in 1s")
                 self._stopping.wait(1.0)
         if self._waiting:
-            self._set_busy()  # best effort: a row left behind only costs NOTIFYs
+            self._set_busy()  # the locks end with the LISTEN connection anyway
         self._conn.discard()
 
     def _wait_for_capacity_and_reason(self) -> int:
@@ -204,8 +225,8 @@ class Fetcher(ThreadService):
             if self._waiting:
                 self._set_busy()
             return
-        if self._advertise and not self._confirmed:
-            self._go_waiting()
+        if self._waiting_locks is not None and not self._confirmed:
+            self._go_waiting(self._waiting_locks)
             return
         self._schedule_next_poll()
 
@@ -220,36 +241,37 @@ class Fetcher(ThreadService):
                 self._jump_paused = backlog
             self._paused_checked_at = now
 
-    def _go_waiting(self) -> None:
-        """Mark this fetcher waiting, then claim once more (the race-closing claim)."""
-        granted = self._conn.run(lambda conn: self._store.mark_fetcher_waiting(
-            conn, worker_id=self._worker_id, queues=self._queues))
-        if granted is None:  # stopping while the database was unreachable
-            return
-        self._waiting = True
+    def _go_waiting(self, locks: WaitingLocks) -> None:
+        """Hold the waiting locks, try the wake-up key, then claim once more (the
+        race-closing claim; see ``sql.TRY_WAKE_KEY``)."""
+        self._waiting = True  # from here on, busy again means releasing the locks
+        generation = locks.hold_waiting_locks()
+        granted = False
+        if generation is not None:
+            granted_now = self._conn.run(self._store.try_wake_key)
+            if granted_now is None:  # stopping while the database was unreachable
+                return
+            granted = granted_now
         with self._cv:
-            if granted:
-                # Every enqueue that missed our row has committed: this claim sees its
+            if granted and generation is not None and locks.holds_waiting_locks(generation):
+                # Every enqueue that missed our locks has committed: this claim sees its
                 # jobs; every later enqueue notifies us.
                 self._confirmed = True
                 self._mark_retry = MARK_RETRY_MIN
                 self._more_likely = True
             else:
-                # An enqueue that may have missed our row is still open: claim again
-                # soon (and mark again) rather than wait for it while holding the key.
+                # An enqueue that may have missed our locks is still open (or a lock was
+                # refused, or the LISTEN connection is down): claim again soon rather
+                # than wait for it while holding the key.
                 self._next_poll = self._clock.monotonic() + self._mark_retry
                 self._mark_retry = min(self._mark_retry * 2, self._poll_interval)
 
     def _set_busy(self) -> None:
-        """A full claim: enqueues need not wake us (remove our waiting row)."""
+        """A full claim: enqueues need not wake us (release our waiting locks)."""
         self._waiting = self._confirmed = False
         self._mark_retry = MARK_RETRY_MIN
-        try:
-            self._conn.run(lambda conn: self._store.unmark_fetcher_waiting(
-                conn, worker_id=self._worker_id))
-        except Exception:
-            # The row stays: enqueues keep notifying us, which is always safe.
-            log.debug("fetcher: could not remove its waiting mark", exc_info=True)
+        if self._waiting_locks is not None:
+            self._waiting_locks.release_waiting_locks()
 
     def _schedule_next_poll(self) -> None:
         """Sleep until the fallback poll, or until the next scheduled job is due."""

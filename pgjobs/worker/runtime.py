@@ -311,7 +311,9 @@ class Worker:
                                      worker_id=self.id,
                                      on_wake=self.fetcher.wake,
                                      application_name=self._application_name,
-                                     on_cancel=self._in_hand.request_cancel)
+                                     on_cancel=self._in_hand.request_cancel,
+                                     on_waiting_lost=self.fetcher.waiting_lost)
+            self.fetcher.use_waiting_locks(self.listener)
             plugins.append(ListenerPing(self.listener, s.ping_interval))
         self.maintenance = MaintenanceService(store, self._maintenance_conn, clock,
                                               plugins + self.plugins,

@@ -862,7 +862,8 @@ def run_connection_exhaustion(url: str, schema: str, duration: float = 10.0, *,
 def _listen_backend_port(mon: Monitor, worker_pid: int) -> int | None:
     return mon.value(
         "SELECT client_port FROM pg_stat_activity WHERE application_name LIKE %s "
-        "AND query LIKE 'LISTEN %%' ORDER BY backend_start DESC LIMIT 1",
+        "AND (query LIKE 'LISTEN %%' OR query LIKE '/* pgjobs listener%%') "
+        "ORDER BY backend_start DESC LIMIT 1",
         [f"pgjobs worker %:{worker_pid}:%"])
 
 
