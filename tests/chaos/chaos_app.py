@@ -109,11 +109,13 @@ def make_app(database_url: str | None = None, schema: str | None = None,
     @app.task(name="chaos.hang_db", timeout=0.5, max_attempts=1)
     def hang_db() -> None:
         """Poison: blocks in a database call on the job's pooled connection (libpq waits
-        in C, so JobTimeout cannot interrupt it either). 300 s bounds the damage on the
-        server if the scenario's cleanup does not run."""
+        in C, so JobTimeout cannot interrupt it either). 120 s outlasts the scenario
+        (at most about 60 s) and bounds the damage on the server if its cleanup does not
+        run: a killed test run leaves these backends behind, holding connections the next
+        run needs."""
         record("start")
         with pgjobs.current_job().connection() as conn:
-            conn.execute("SELECT pg_sleep(300)")
+            conn.execute("SELECT pg_sleep(120)")
 
     @app.task(name="chaos.hog", max_attempts=2, backoff=_fast_backoff)
     def hog(chunk_mb: int = 16) -> None:
@@ -1133,7 +1135,7 @@ def stuck_db_scenario(url: str, schema: str, duration: float = 5.0, *, concurren
                       progress: Progress = _quiet) -> Report:
     """One worker (--concurrency 2, so its handlers' pool holds concurrency + 2 = 4
     connections) first gets ``concurrency + 3`` chaos.hang_db jobs (timeout 0.5 s,
-    max_attempts 1): each blocks in ``SELECT pg_sleep(300)`` on its pooled connection and
+    max_attempts 1): each blocks in ``SELECT pg_sleep(120)`` on its pooled connection and
     is dead-lettered when it times out, its slot getting a fresh thread. Then ordinary
     jobs (which use ``current_job().connection()``) flow for ``duration`` s; they must
     all complete within ``drain_timeout`` s of the end: per docs/architecture.md, "capacity
@@ -1173,7 +1175,7 @@ def stuck_db_scenario(url: str, schema: str, duration: float = 5.0, *, concurren
             stream.stop()
             _drain(db, schema, report, drain_timeout, progress)
             report.extra["server backends still in pg_sleep"] = db.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(300)' "
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(120)' "
                 "AND starts_with(application_name, %s)",
                 [f"pgjobs worker {socket.gethostname()}:{worker.pid}:"[:63]]).fetchone()[0]
             codes.update(fleet.stop_all())
