@@ -48,7 +48,7 @@ class JobSink(Protocol):
 
 class WaitingLocks(Protocol):
     """The locks that make enqueues notify this fetcher, held on the LISTEN connection
-    (worker/listener.py): a generation names the connection that holds them."""
+    (worker/waiting_locks.py): a generation names the connection that holds them."""
 
     def hold_waiting_locks(self) -> int | None: ...
 

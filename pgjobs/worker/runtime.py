@@ -313,7 +313,7 @@ class Worker:
                                      application_name=self._application_name,
                                      on_cancel=self._in_hand.request_cancel,
                                      on_waiting_lost=self.fetcher.waiting_lost)
-            self.fetcher.use_waiting_locks(self.listener)
+            self.fetcher.use_waiting_locks(self.listener.waiting_locks)
             plugins.append(ListenerPing(self.listener, s.ping_interval))
         self.maintenance = MaintenanceService(store, self._maintenance_conn, clock,
                                               plugins + self.plugins,
