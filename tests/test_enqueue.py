@@ -320,6 +320,24 @@ def test_no_notify_while_no_fetcher_waits(app, pg_url, conn, db, schema):
         assert _heard(listener, app) == []
 
 
+@pytest.mark.parametrize("statement", [pgsql.ENQUEUE_WAKE, pgsql.WAKE_QUEUES],
+                         ids=["enqueue", "enqueue_many"])
+def test_the_wake_up_is_inlined_into_the_enqueue_statement(app, conn, statement):
+    # Migration 0006 made wake_waiting_fetchers one SQL expression so that PostgreSQL
+    # inlines it: no function call, no PL/pgSQL, no snapshot per enqueue. Anything that
+    # blocks inlining (plpgsql, SET, SECURITY DEFINER, STRICT...) brings that cost back.
+    params = {"queue": "q", "task": "t", "args": "{}", "priority": 0, "max_attempts": 1,
+              "unique_key": None, "trace": None, "channel": app.sql.channel,
+              "wake_key": app.sql.wake_key, "queues": ["q"]}
+    rows = conn.execute(sql.SQL("EXPLAIN (VERBOSE, FORMAT JSON) ") + app.sql.of(statement),
+                        params).fetchone()
+    conn.rollback()
+    assert rows is not None
+    plan = json.dumps(rows[0])
+    assert "wake_waiting_fetchers" not in plan, plan
+    assert "pg_try_advisory_xact_lock_shared" in plan and "pg_try_advisory_lock" in plan
+
+
 def test_notify_once_per_queue_per_transaction(app, pg_url, conn, db, schema):
     deliver, flaky = _tasks(app)
     with _a_fetcher_waits(pg_url, app), \
