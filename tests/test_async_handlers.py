@@ -252,3 +252,34 @@ def test_pool_too_small_for_both_kinds_of_handlers_is_refused(pg_url, schema):
     errors = [line for line in w.lines if line.strip()]
     assert len(errors) == 1, w.log  # one line, no traceback
     assert "sync and coroutine handlers" in errors[0] and "--pool-size 7" in errors[0]
+
+
+def test_a_coroutine_only_app_starts_two_sync_threads_not_one_per_slot(pg_url, schema, db):
+    # Sync threads serve only jobs of tasks the App does not know (they fail at once):
+    # --concurrency 50 used to start 50 idle threads, 500 at the async bench's c500.
+    app = pgjobs.App(pg_url, schema=schema)
+    ran: list[int] = []
+
+    @app.task(name="only.async")
+    async def only_async(n: int) -> None:
+        ran.append(n)
+
+    stranger = pgjobs.App(pg_url, schema=schema).task(name="not.in.this.app")(lambda: None)
+    with psycopg.connect(pg_url) as conn:
+        ids = [only_async.enqueue(conn, n=1), stranger.enqueue(conn)]
+        conn.commit()
+    worker = app.worker(concurrency=50, install_signal_handlers=False)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        assert worker.started.wait(30)
+        executors = [t.name for t in threading.enumerate()
+                     if t.name.startswith("pgjobs-executor-")]
+        assert len(executors) == 2, executors
+        wait_until(lambda: count(db, schema, "jobs") == 0, 30, message="both jobs handled")
+        assert ran == [1]
+        letter = dead_letter(db, schema, ids[1])
+        assert letter is not None and "unknown task 'not.in.this.app'" in letter[2], letter
+    finally:
+        worker.stop()
+        thread.join(30)

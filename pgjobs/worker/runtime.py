@@ -83,6 +83,8 @@ __all__ = [
 log = logging.getLogger("pgjobs.worker")
 
 STALL_TIMEOUT = 10.0  # an internal statement unanswered this long: drop the connection
+# Sync executor threads of an App whose tasks are all coroutines (unknown tasks' jobs).
+COROUTINE_ONLY_SYNC_THREADS = 2
 
 
 class Worker:
@@ -154,6 +156,11 @@ class Worker:
         self.coroutines: CoroutineExecutor | None = None
         kinds = [is_coroutine_task(t.fn) for t in app.tasks.values()]
         self.has_coroutine_tasks = any(kinds)
+        #: Threads for sync handlers. An App of coroutines only needs them just for jobs
+        #: of tasks it does not know (each fails at once): not one per --concurrency slot,
+        #: which at --concurrency 500 meant 500 idle threads.
+        self.sync_threads = (min(self.concurrency, COROUTINE_ONLY_SYNC_THREADS)
+                             if self.has_coroutine_tasks and all(kinds) else self.concurrency)
         if self.has_coroutine_tasks and not all(kinds) and settings.handler_pool_size < 2:
             raise ConfigurationError(
                 f"pool size {settings.pool_size} leaves {settings.handler_pool_size} "
@@ -280,7 +287,7 @@ class Worker:
         # One --concurrency budget for sync and coroutine handlers (worker/capacity.py).
         self._capacity = Capacity(self.concurrency)
         self.executors = ExecutorPool(
-            self.app, self.concurrency, self._buffer, report=self._report,
+            self.app, self.sync_threads, self._buffer, report=self._report,
             borrow=self._borrow_connection, worker_name=self.id, clock=clock,
             tracer_provider=self.app.tracer_provider, in_hand=self._in_hand,
             capacity=self._capacity, release=self._release)
