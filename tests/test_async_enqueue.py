@@ -24,9 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 import pgjobs
 from pgjobs import backpressure
-from pgjobs.store import JobStore
 
 from .conftest import count
+from .workers import a_fetcher_waits
 
 KINDS = ["psycopg", "sqlalchemy_connection", "sqlalchemy_session"]
 
@@ -236,10 +236,8 @@ def test_notify_once_per_queue_per_transaction(kind, app, pg_url, schema):
             await app.aenqueue_many(h.conn, [deliver.job(event_id="m", body={})] * 3)
             await h.commit()
 
-    with psycopg.connect(pg_url, autocommit=True) as waiter, \
+    with a_fetcher_waits(pg_url, app), \
             psycopg.connect(pg_url, autocommit=True) as listener:
-        # Stand in for a waiting fetcher: hold its waiting locks.
-        assert JobStore(app.sql).hold_waiting_locks(waiter, queues=None)
         listener.execute(app.sql.listen)
         asyncio.run(scenario())
         # A probe after the commit: once it arrives, everything before it has too.

@@ -8,9 +8,6 @@ import json
 import math
 import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import psycopg
 import pytest
@@ -22,9 +19,9 @@ from sqlalchemy.orm import Session
 import pgjobs
 import pgjobs.sql as pgsql
 from pgjobs import admin, migrate
-from pgjobs.store import JobStore
 
 from .conftest import count
+from .workers import a_fetcher_waits
 
 
 def _tasks(app: pgjobs.App):
@@ -274,16 +271,6 @@ def test_enqueue_many_refuses_non_jobs(app, conn):
     assert app.enqueue_many(conn, []) == []
 
 
-@contextmanager
-def _a_fetcher_waits(pg_url: str, app: pgjobs.App, queues: list[str] | None = None
-                     ) -> Iterator[psycopg.Connection[Any]]:
-    """Enqueue notifies only while a fetcher waits (migration 0006): stand in for one, by
-    holding its waiting locks on a connection of our own."""
-    with psycopg.connect(pg_url, autocommit=True) as waiter:
-        assert JobStore(app.sql).hold_waiting_locks(waiter, queues=queues)
-        yield waiter
-
-
 def _heard(listener, app):
     """Notifications on the workers' channel up to a probe sent now."""
     listener.execute("SELECT pg_notify(%s, 'probe')", [app.sql.channel])
@@ -306,11 +293,11 @@ def test_no_notify_while_no_fetcher_waits(app, pg_url, conn, db, schema):
         app.enqueue_many(conn, [deliver.job(event_id="m", body={})] * 3)
         conn.commit()
         assert _heard(listener, app) == []
-        with _a_fetcher_waits(pg_url, app, ["elsewhere"]):
+        with a_fetcher_waits(pg_url, app, ["elsewhere"]):
             deliver.enqueue(conn, event_id="2", body={})
             conn.commit()
             assert _heard(listener, app) == []
-        with _a_fetcher_waits(pg_url, app, ["elsewhere", "webhooks"]):
+        with a_fetcher_waits(pg_url, app, ["elsewhere", "webhooks"]):
             deliver.enqueue(conn, event_id="3", body={})
             conn.commit()
             assert _heard(listener, app) == ["webhooks"]
@@ -340,7 +327,7 @@ def test_the_wake_up_is_inlined_into_the_enqueue_statement(app, conn, statement)
 
 def test_notify_once_per_queue_per_transaction(app, pg_url, conn, db, schema):
     deliver, flaky = _tasks(app)
-    with _a_fetcher_waits(pg_url, app), \
+    with a_fetcher_waits(pg_url, app), \
             psycopg.connect(pg_url, autocommit=True) as listener:
         listener.execute(app.sql.listen)
         for i in range(5):
@@ -455,7 +442,7 @@ def test_unique_key_reinsert_notifies_traces_and_counts_like_the_first_insert(pg
     with psycopg.connect(pg_url) as c:
         holder = deliver.options(unique_key="k").enqueue(c, event_id="holder", body={})
         c.commit()
-    with _a_fetcher_waits(pg_url, app), \
+    with a_fetcher_waits(pg_url, app), \
             psycopg.connect(pg_url, autocommit=True) as listener, \
             RaceConnection.connect(pg_url) as conn:
         listener.execute(app.sql.listen)

@@ -8,11 +8,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from psycopg import sql
+
+import pgjobs
+from pgjobs.store import JobStore
 
 from .conftest import ROOT, cli_env
 
@@ -119,3 +123,13 @@ def dead_letter(db: psycopg.Connection[Any], schema: str, job_id: int) -> Any:
     """(reason, attempts, error) of a job's dead letter, or None."""
     return db.execute(sql.SQL("SELECT reason, attempts, error FROM {} WHERE job_id = %s")
                       .format(sql.Identifier(schema, "dead_letters")), [job_id]).fetchone()
+
+
+@contextmanager
+def a_fetcher_waits(pg_url: str, app: pgjobs.App, queues: list[str] | None = None
+                    ) -> Iterator[psycopg.Connection[Any]]:
+    """Enqueue notifies only while a fetcher waits (migration 0006): stand in for one, by
+    holding its waiting locks on a connection of our own."""
+    with psycopg.connect(pg_url, autocommit=True) as waiter:
+        assert JobStore(app.sql).hold_waiting_locks(waiter, queues=queues)
+        yield waiter

@@ -246,12 +246,11 @@ class Fetcher(ThreadService):
         race-closing claim; see ``sql.TRY_WAKE_KEY``)."""
         self._waiting = True  # from here on, busy again means releasing the locks
         generation = locks.hold_waiting_locks()
-        granted = False
+        granted: bool | None = False
         if generation is not None:
-            granted_now = self._conn.run(self._store.try_wake_key)
-            if granted_now is None:  # stopping while the database was unreachable
+            granted = self._conn.run(self._store.try_wake_key)
+            if granted is None:  # stopping while the database was unreachable
                 return
-            granted = granted_now
         with self._cv:
             if granted and generation is not None and locks.holds_waiting_locks(generation):
                 # Every enqueue that missed our locks has committed: this claim sees its

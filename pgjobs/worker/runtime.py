@@ -156,12 +156,14 @@ class Worker:
         self.coroutines: CoroutineExecutor | None = None
         kinds = [is_coroutine_task(t.fn) for t in app.tasks.values()]
         self.has_coroutine_tasks = any(kinds)
+        has_sync_tasks = not all(kinds)
         #: Threads for sync handlers. An App of coroutines only needs them just for jobs
         #: of tasks it does not know (each fails at once): not one per --concurrency slot,
         #: which at --concurrency 500 meant 500 idle threads.
         self.sync_threads = (min(self.concurrency, COROUTINE_ONLY_SYNC_THREADS)
-                             if self.has_coroutine_tasks and all(kinds) else self.concurrency)
-        if self.has_coroutine_tasks and not all(kinds) and settings.handler_pool_size < 2:
+                             if self.has_coroutine_tasks and not has_sync_tasks
+                             else self.concurrency)
+        if self.has_coroutine_tasks and has_sync_tasks and settings.handler_pool_size < 2:
             raise ConfigurationError(
                 f"pool size {settings.pool_size} leaves {settings.handler_pool_size} "
                 "connection for handlers, and this App has sync and coroutine handlers, "
@@ -169,7 +171,7 @@ class Worker:
                 f"{settings.pool_size + 2 - settings.handler_pool_size} or more")
         #: Maximum sizes of the handlers' pools (sync, async): one budget split in two.
         self.handler_pools = split_handler_connections(
-            settings.handler_pool_size, not all(kinds), self.has_coroutine_tasks)
+            settings.handler_pool_size, has_sync_tasks, self.has_coroutine_tasks)
         self.periodic: Any = None  # pgjobs.periodic_scheduler.PeriodicScheduler, if any
 
     # --- public --------------------------------------------------------------------------
